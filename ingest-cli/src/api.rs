@@ -1,0 +1,362 @@
+//! The coordinator's HTTP API as the CLI uses it: one client that knows the base URL and the
+//! token, the few status fields the commands show, and every way a request can go wrong turned
+//! into one readable line.
+
+use anyhow::Context;
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::{Body, RequestBuilder, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+use std::fmt;
+use std::time::Duration;
+
+/// How long a status read may take before it counts as a failure.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A batch's status as `GET /batches/{id}` returns it, only the fields the CLI shows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BatchStatus {
+    /// The batch id.
+    pub id: i64,
+    /// `receiving`, `loading`, `committing`, `committed`, `failed` or `cancelled`.
+    pub state: String,
+    /// Rows in the file, once the upload is complete.
+    pub rows_total: Option<i64>,
+    /// Rows staged by workers so far.
+    pub rows_loaded: i64,
+    /// Chunk counts.
+    pub chunks: Chunks,
+    /// Why the batch failed or was cancelled.
+    pub error: Option<String>,
+    /// Input errors found (more than `errors` holds when the file had many).
+    #[serde(default)]
+    pub error_count: i64,
+    /// The first input errors.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub errors: Vec<RowError>,
+    /// When the submit began (RFC 3339).
+    pub created_at: String,
+    /// Seconds the commit took.
+    pub commit_seconds: Option<f64>,
+    /// Rows loaded per second since the first chunk was published.
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at the current rate.
+    pub eta_seconds: Option<f64>,
+}
+
+impl BatchStatus {
+    /// A batch in a final state never changes again.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "committed" | "failed" | "cancelled")
+    }
+}
+
+/// Chunk counts of a batch, only those the CLI shows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Chunks {
+    /// Chunks cut so far.
+    pub total: i64,
+    /// Chunks whose rows are staged.
+    pub loaded: i64,
+}
+
+/// One error in a submitted file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RowError {
+    /// The line in the file (the header is line 1).
+    pub line: u64,
+    /// The column's name; absent when the error is about the whole line.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// The offending value, shortened by the coordinator.
+    #[serde(default)]
+    pub value: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for RowError {
+    /// `line L, column C: message (value "V")`, leaving out what the coordinator did not say.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(column) = &self.column {
+            write!(f, ", column {column}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(value) = &self.value {
+            // Debug quotes the value and escapes control characters a terminal would act on.
+            write!(f, " (value {value:?})")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads `errors` as empty when it is null.
+fn null_as_empty<'de, D>(deserializer: D) -> Result<Vec<RowError>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Ok(Option::<Vec<RowError>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// How a submit ended, when the coordinator answered with a batch.
+#[derive(Debug)]
+pub enum Submitted {
+    /// 202: a new batch, loading.
+    Accepted(BatchStatus),
+    /// 200: the Idempotency-Key was seen before; this is the earlier batch.
+    Repeated(BatchStatus),
+    /// 400, 409, 413 or 422: the batch ended at once; `error` and `errors` say why.
+    Refused(BatchStatus),
+}
+
+/// How a cancel ended.
+#[derive(Debug)]
+pub enum Cancelled {
+    /// 200: the batch is cancelled now.
+    Now(BatchStatus),
+    /// 409: the batch was already final.
+    AlreadyFinal(BatchStatus),
+}
+
+/// A request that did not get the answer it wanted, told so a retry can be decided.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection, or no answer in time.
+    Unreachable(String),
+    /// The connection was made but broke before the answer was read.
+    BrokeOff(String),
+    /// An HTTP answer that is an error.
+    Answered {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The coordinator's message, or what the body looked like.
+        message: String,
+    },
+}
+
+impl Failure {
+    /// True when asking again later may work (the coordinator is restarting or overloaded).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Failure::Unreachable(_) | Failure::BrokeOff(_) => true,
+            Failure::Answered { status, .. } => status.is_server_error(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Unreachable(message) | Failure::BrokeOff(message) => f.write_str(message),
+            Failure::Answered { status, message } => {
+                write!(f, "{message} (HTTP {})", status.as_u16())
+            }
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A client of one coordinator.
+pub struct Coordinator {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Coordinator {
+    /// A client for the coordinator at `url`, sending `token` on mutating requests.
+    pub fn new(url: &str, token: Option<String>) -> anyhow::Result<Coordinator> {
+        let parsed = reqwest::Url::parse(url)
+            .with_context(|| format!("the coordinator URL {url:?} is not a URL"))?;
+        // Built without TLS: https would fail on every request, so say it once, here.
+        anyhow::ensure!(
+            parsed.scheme() == "http",
+            "the coordinator URL must start with http:// (got {url:?})"
+        );
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("ingest-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the HTTP client")?;
+        Ok(Coordinator {
+            http,
+            base: url.trim_end_matches('/').to_string(),
+            token: token.filter(|token| !token.is_empty()),
+        })
+    }
+
+    /// `POST /batches` with `body` as the CSV file (already gzip-compressed when `gzip`).
+    pub async fn submit(
+        &self,
+        body: Body,
+        gzip: bool,
+        idempotency_key: Option<&str>,
+    ) -> anyhow::Result<Submitted> {
+        let mut request = self
+            .mutating(self.http.post(self.url("/batches")))
+            .header(CONTENT_TYPE, "text/csv")
+            .body(body);
+        if gzip {
+            request = request.header(CONTENT_ENCODING, "gzip");
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let (status, body) = self.send(request).await?;
+        let batch = parse(body)?;
+        Ok(match status {
+            StatusCode::ACCEPTED => Submitted::Accepted(batch),
+            StatusCode::OK => Submitted::Repeated(batch),
+            _ if status.is_client_error() => Submitted::Refused(batch),
+            _ => return Err(unexpected(status)),
+        })
+    }
+
+    /// `GET /batches/{id}`, as the coordinator wrote it.
+    pub async fn status_json(&self, id: i64) -> anyhow::Result<Value> {
+        let request = self
+            .http
+            .get(self.url(&format!("/batches/{id}")))
+            .timeout(READ_TIMEOUT);
+        let (status, body) = self.send(request).await?;
+        if status != StatusCode::OK {
+            return Err(unexpected(status));
+        }
+        Ok(body)
+    }
+
+    /// `GET /batches/{id}`.
+    pub async fn status(&self, id: i64) -> anyhow::Result<BatchStatus> {
+        parse(self.status_json(id).await?)
+    }
+
+    /// `GET /batches?limit=N`: the newest batches first.
+    pub async fn list(&self, limit: u32) -> anyhow::Result<Vec<BatchStatus>> {
+        /// The page `GET /batches` answers.
+        #[derive(Deserialize)]
+        struct Page {
+            /// The batches, newest first.
+            batches: Vec<BatchStatus>,
+        }
+        let request = self
+            .http
+            .get(self.url("/batches"))
+            .query(&[("limit", limit)])
+            .timeout(READ_TIMEOUT);
+        let (status, body) = self.send(request).await?;
+        if status != StatusCode::OK {
+            return Err(unexpected(status));
+        }
+        Ok(parse::<Page>(body)?.batches)
+    }
+
+    /// `POST /batches/{id}/cancel`.
+    pub async fn cancel(&self, id: i64) -> anyhow::Result<Cancelled> {
+        let request = self
+            .mutating(self.http.post(self.url(&format!("/batches/{id}/cancel"))))
+            .timeout(READ_TIMEOUT);
+        let (status, body) = self.send(request).await?;
+        match status {
+            StatusCode::OK => Ok(Cancelled::Now(parse(body)?)),
+            StatusCode::CONFLICT => Ok(Cancelled::AlreadyFinal(parse(body)?)),
+            _ => Err(unexpected(status)),
+        }
+    }
+
+    /// The full URL of an API path.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Adds the bearer token, when there is one (reqwest marks the header sensitive).
+    fn mutating(&self, request: RequestBuilder) -> RequestBuilder {
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// Sends a request and reads its JSON answer; an error body becomes a [`Failure`].
+    async fn send(&self, request: RequestBuilder) -> anyhow::Result<(StatusCode, Value)> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        self.read(response).await
+    }
+
+    /// Reads an answer: JSON with its status, or a [`Failure`] for `{"error": {...}}` and for
+    /// anything that is not JSON.
+    async fn read(&self, response: Response) -> anyhow::Result<(StatusCode, Value)> {
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| self.unreachable(error))?;
+        let Ok(body) = serde_json::from_slice::<Value>(&bytes) else {
+            let text = String::from_utf8_lossy(&bytes);
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let shown: String = text.chars().take(200).collect();
+            let message = if shown.is_empty() {
+                "the coordinator answered with an empty body".to_string()
+            } else {
+                format!("the coordinator answered with something that is not JSON: {shown}")
+            };
+            return Err(Failure::Answered { status, message }.into());
+        };
+        if let Some(error) = body.get("error").filter(|error| error.is_object()) {
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the coordinator gave no reason")
+                .to_string();
+            return Err(Failure::Answered { status, message }.into());
+        }
+        Ok((status, body))
+    }
+
+    /// A request that got no HTTP answer, said in terms of the coordinator.
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        let base = &self.base;
+        let cause = root_cause(&error);
+        let failure = if error.is_timeout() {
+            Failure::Unreachable(format!("the coordinator at {base} did not answer in time"))
+        } else if error.is_connect() {
+            Failure::Unreachable(format!("cannot reach the coordinator at {base}: {cause}"))
+        } else {
+            Failure::BrokeOff(format!(
+                "the exchange with the coordinator at {base} broke off: {cause}"
+            ))
+        };
+        failure.into()
+    }
+}
+
+/// Reads a JSON answer as `T`.
+fn parse<T: DeserializeOwned>(body: Value) -> anyhow::Result<T> {
+    serde_json::from_value(body).context("the coordinator's answer does not have the expected form")
+}
+
+/// A success status the command does not expect.
+fn unexpected(status: StatusCode) -> anyhow::Error {
+    Failure::Answered {
+        status,
+        message: "unexpected answer from the coordinator".to_string(),
+    }
+    .into()
+}
+
+/// The innermost cause of an error: the part that says what happened ("Connection refused").
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}

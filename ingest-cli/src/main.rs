@@ -1,0 +1,185 @@
+//! `ingest`: submits a rates file to the ingest coordinator and follows it to commit with a live
+//! progress bar; also shows, lists, waits for and cancels batches. On failure it exits non-zero
+//! with one line `ingest: <reason>` on stderr.
+
+mod api;
+mod follow;
+mod submit;
+
+use api::{Cancelled, Coordinator};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "Submit rates batches to the ingest coordinator and follow them to commit"
+)]
+struct Cli {
+    /// Where the coordinator listens.
+    #[arg(
+        long,
+        env = "INGEST_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+
+    /// Bearer token for submit and cancel (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+enum Command {
+    /// Stream a CSV file to the coordinator, then follow the batch to commit.
+    Submit {
+        /// The CSV file (orig_code,dest_code,day,price); `.gz` files are sent compressed.
+        file: PathBuf,
+        /// The file is gzip-compressed (implied by a `.gz` name).
+        #[arg(long)]
+        gzip: bool,
+        /// Makes a retried submit return the earlier batch instead of loading the file twice.
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
+        /// Return once the file is accepted instead of following the batch.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// Print a batch's status as JSON.
+    Status {
+        /// The batch id.
+        id: i64,
+    },
+    /// Follow a batch until it is committed, failed or cancelled.
+    Wait {
+        /// The batch id.
+        id: i64,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// List the newest batches, one a line.
+    List {
+        /// How many batches (1 to 100).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Cancel a batch that is not committed yet.
+    Cancel {
+        /// The batch id.
+        id: i64,
+    },
+}
+
+/// How long to follow a batch.
+#[derive(Args)]
+struct FollowArgs {
+    /// Give up following after this many seconds (the batch carries on).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    timeout: u64,
+}
+
+impl FollowArgs {
+    /// The timeout as a duration.
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// Parses the command line, runs the command, and turns a failure into one line on stderr.
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => {
+            let text = error.render().to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!("ingest: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, whatever the coordinator's message held.
+            let reason = format!("{error:#}");
+            let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("ingest: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = Coordinator::new(&cli.url, cli.token)?;
+    match cli.command {
+        Command::Submit {
+            file,
+            gzip,
+            idempotency_key,
+            no_wait,
+            follow,
+        } => {
+            let submission = submit::Submission {
+                file: &file,
+                gzip,
+                idempotency_key: idempotency_key.as_deref(),
+            };
+            let status = submit::submit(&api, &submission).await?;
+            if status.is_final() {
+                follow::conclude(&status)
+            } else if no_wait {
+                Ok(())
+            } else {
+                follow::follow(&api, status.id, follow.timeout()).await
+            }
+        }
+        Command::Status { id } => {
+            let status = api.status_json(id).await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Wait { id, follow } => follow::follow(&api, id, follow.timeout()).await,
+        Command::List { limit } => list(&api, limit).await,
+        Command::Cancel { id } => match api.cancel(id).await? {
+            Cancelled::Now(status) => {
+                println!("batch {} cancelled", status.id);
+                Ok(())
+            }
+            Cancelled::AlreadyFinal(status) => {
+                anyhow::bail!("batch {} is already {}", status.id, status.state)
+            }
+        },
+    }
+}
+
+/// `ingest list`: id, state, rows loaded out of total, creation time.
+async fn list(api: &Coordinator, limit: u32) -> anyhow::Result<()> {
+    for batch in api.list(limit).await? {
+        let total = batch
+            .rows_total
+            .map_or("?".to_string(), |total| total.to_string());
+        println!(
+            "{:>6}  {:<10}  {:>21}  {}",
+            batch.id,
+            batch.state,
+            format!("{}/{total}", batch.rows_loaded),
+            batch.created_at
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,175 @@
+//! `ingest submit`: streams a file to the coordinator (never holding it in memory, with an
+//! upload bar on a terminal) and says what became of it.
+
+use crate::api::{BatchStatus, Coordinator, Failure, Submitted};
+use crate::follow;
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{self, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio_util::io::ReaderStream;
+
+/// Bytes read from the file at a time.
+const READ_BYTES: usize = 64 * 1024;
+
+/// What to submit and how.
+pub struct Submission<'a> {
+    /// The CSV file.
+    pub file: &'a Path,
+    /// The file is gzip-compressed already (sent with `Content-Encoding: gzip`).
+    pub gzip: bool,
+    /// Makes a retried submit return the earlier batch instead of loading the file twice. When
+    /// none is given one is made up, so that an upload whose answer was lost can be found again.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// Submits the file and reports the answer; returns the batch's status (a refused file is an
+/// error, after its input errors are printed).
+pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::Result<BatchStatus> {
+    let path = submission.file;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(!metadata.is_dir(), "{} is a directory", path.display());
+
+    // Pipes and other special files have no length: the bar becomes a byte counter.
+    let size = metadata.is_file().then_some(metadata.len());
+    let uploading = upload_bar(path, size);
+    let reader = Counted {
+        inner: file,
+        bar: uploading.clone(),
+    };
+    let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(reader, READ_BYTES));
+    let gzip = submission.gzip || path.extension().is_some_and(|ext| ext == "gz");
+    let key = submission
+        .idempotency_key
+        .map_or_else(fresh_key, str::to_string);
+    let answer = api.submit(body, gzip, Some(&key)).await;
+    uploading.finish_and_clear();
+    let answer = match answer {
+        Err(error) if broke_off(&error) => {
+            let ours = submission.idempotency_key.is_none();
+            recover(api, &key, ours, error).await?
+        }
+        answer => answer?,
+    };
+
+    match answer {
+        Submitted::Accepted(status) => {
+            let rows = status
+                .rows_total
+                .map_or("?".to_string(), |rows| rows.to_string());
+            println!(
+                "batch {} accepted: {rows} rows in {} chunks",
+                status.id, status.chunks.total
+            );
+            Ok(status)
+        }
+        Submitted::Repeated(status) => {
+            println!(
+                "batch {} already has this Idempotency-Key; it is {}",
+                status.id, status.state
+            );
+            Ok(status)
+        }
+        Submitted::Refused(status) => {
+            follow::print_errors(&status.errors, status.error_count);
+            let reason = status.error.as_deref().unwrap_or("no reason given");
+            let verdict = if status.state == "cancelled" {
+                "was cancelled"
+            } else {
+                "was refused"
+            };
+            anyhow::bail!("batch {} {verdict}: {reason}", status.id)
+        }
+    }
+}
+
+/// Asks for the batch of `key` after the upload broke off. The coordinator stops reading a body
+/// it does not need (a file refused early, a repeated key), answers and closes; the close can
+/// reset the connection before its answer is read. Submitting the same key again with an empty
+/// body answers with that batch without reading the body. When the key is `ours` (made for this
+/// run), the batch is this upload's; a key given by the user may belong to an earlier submit.
+async fn recover(
+    api: &Coordinator,
+    key: &str,
+    ours: bool,
+    broken: anyhow::Error,
+) -> anyhow::Result<Submitted> {
+    let probe = api.submit(reqwest::Body::from(Vec::new()), false, Some(key));
+    match probe.await {
+        Ok(Submitted::Repeated(status)) if ours => {
+            if matches!(status.state.as_str(), "failed" | "cancelled") {
+                Ok(Submitted::Refused(status))
+            } else {
+                Ok(Submitted::Accepted(status))
+            }
+        }
+        Ok(Submitted::Repeated(status)) => Ok(Submitted::Repeated(status)),
+        // The coordinator never saw the upload (the empty probe became a batch of its own and
+        // was refused as empty): the break is the answer.
+        _ => Err(broken),
+    }
+}
+
+/// True when the connection broke after the request was sent, so the coordinator may have an
+/// answer that was lost.
+fn broke_off(error: &anyhow::Error) -> bool {
+    matches!(error.downcast_ref::<Failure>(), Some(Failure::BrokeOff(_)))
+}
+
+/// A key unique to this run, so a broken-off upload can be found again.
+fn fresh_key() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("ingest-cli-{}-{nanos}", std::process::id())
+}
+
+/// A bar of bytes sent, drawn on stdout when it is a terminal.
+fn upload_bar(path: &Path, size: Option<u64>) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(size, ProgressDrawTarget::stdout());
+    let template = if size.is_some() {
+        "{spinner} uploading {prefix} [{bar:30.cyan/blue}] {binary_bytes}/{binary_total_bytes} \
+         {binary_bytes_per_sec}"
+    } else {
+        "{spinner} uploading {prefix}: {binary_bytes} {binary_bytes_per_sec}"
+    };
+    let style = ProgressStyle::with_template(template)
+        .expect("the upload template is valid")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    bar.set_prefix(name.to_string_lossy().into_owned());
+    bar
+}
+
+/// A reader that advances a progress bar by the bytes read through it.
+struct Counted<R> {
+    /// The file.
+    inner: R,
+    /// The bar to advance.
+    bar: ProgressBar,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        self.bar.inc(read as u64);
+        poll
+    }
+}

@@ -1,0 +1,79 @@
+//! `ingest-coordinator`: serves the ingest API (the default), or seeds the reference data.
+
+use clap::{Parser, Subcommand};
+use ingest_coordinator::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Takes rates batches, splits them into chunks, commits them whole"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Migrate, then load regions.csv and ports.csv from a folder.
+    Seed {
+        /// Folder with regions.csv and ports.csv.
+        #[arg(long, default_value = "data/ratestask")]
+        data_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,lapin=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cli.config).await,
+        Command::Seed { data_dir } => seed(cli.config, data_dir).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ingest-coordinator: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = ingest_coordinator::app::start(config).await?;
+    running.run_until(shutdown_signal()).await
+}
+
+async fn seed(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
+    let mut client = ingest_core::db::connect(&config.database_url).await?;
+    ingest_core::schema::migrate(&mut client).await?;
+    let (regions, ports) = ingest_coordinator::seed::seed(&mut client, &data_dir).await?;
+    println!(
+        "seeded {regions} regions and {ports} ports from {}",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,573 @@
+//! Split: turns the uploaded byte stream into validated, encoded chunks, on blocking threads.
+//!
+//! One thread reads the body (gunzipping it if asked), hashes it, checks the header and cuts
+//! the lines into raw chunks of `chunk_rows` lines; rayon then validates and encodes several raw
+//! chunks at once; finished chunks go, in order, to the publisher through a bounded channel. At
+//! no point is more than a few chunks of the batch in memory, whatever the size of the file.
+//!
+//! The first bad line stops the publishing (nothing more is sent to workers); reading goes on to
+//! report up to `max_errors` errors, then stops.
+
+use crate::copy_binary::CopyWriter;
+use crate::rates::{self, Header, Ports, RowError};
+use bytes::Bytes;
+use rayon::prelude::*;
+use sha2::{Digest, Sha256};
+use std::io::{self, BufRead, BufReader, Read};
+use tokio::sync::mpsc;
+
+/// How to cut and check a batch.
+#[derive(Debug, Clone)]
+pub struct SplitSettings {
+    /// Lines per chunk.
+    pub chunk_rows: usize,
+    /// The longest line accepted, in bytes.
+    pub max_line_bytes: usize,
+    /// Errors reported before reading stops.
+    pub max_errors: usize,
+    /// The largest body accepted, in bytes (compressed and uncompressed alike).
+    pub max_body_bytes: u64,
+    /// The body is gzip-compressed.
+    pub gzip: bool,
+}
+
+/// A validated chunk, ready to publish.
+#[derive(Debug)]
+pub struct Chunk {
+    /// The chunk's number within its batch.
+    pub seq: i32,
+    /// The source line of its first row.
+    pub first_line: u64,
+    /// The source line of its last row.
+    pub last_line: u64,
+    /// Rows in the COPY stream.
+    pub rows: i32,
+    /// The binary COPY stream (shared, never copied, between the spool and the publisher).
+    pub payload: Bytes,
+}
+
+/// Why reading stopped before the end of the body, if it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cutoff {
+    /// The body exceeded `max_body_bytes`.
+    TooLarge,
+    /// The client's upload broke off.
+    Interrupted(String),
+}
+
+/// What splitting a whole body found.
+#[derive(Debug, Default)]
+pub struct SplitReport {
+    /// Valid rows sent to the publisher.
+    pub rows: u64,
+    /// Chunks sent to the publisher.
+    pub chunks: i32,
+    /// Bytes of the body as received (compressed, if it was).
+    pub bytes_received: u64,
+    /// SHA-256 of the body as received, hex.
+    pub sha256: String,
+    /// The first `max_errors` problems, by line.
+    pub errors: Vec<RowError>,
+    /// Problems found before reading stopped.
+    pub error_count: usize,
+    /// Reading stopped at `max_errors` before the end of the file.
+    pub errors_truncated: bool,
+    /// Reading stopped for a reason that is not about the content.
+    pub cutoff: Option<Cutoff>,
+}
+
+/// The body as a `Read`: frames arrive from the HTTP handler over a channel; it counts and
+/// hashes what it hands out and enforces the size limit.
+pub struct BodyReader {
+    frames: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    hasher: Sha256,
+    bytes: u64,
+    limit: u64,
+}
+
+impl BodyReader {
+    /// Reads the frames sent on `frames`, refusing more than `limit` bytes.
+    pub fn new(frames: mpsc::Receiver<io::Result<Bytes>>, limit: u64) -> BodyReader {
+        BodyReader {
+            frames,
+            current: Bytes::new(),
+            hasher: Sha256::new(),
+            bytes: 0,
+            limit,
+        }
+    }
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.frames.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(frame)) => {
+                    self.bytes += frame.len() as u64;
+                    if self.bytes > self.limit {
+                        return Err(io::Error::new(
+                            io::ErrorKind::FileTooLarge,
+                            "body too large",
+                        ));
+                    }
+                    self.hasher.update(&frame);
+                    self.current = frame;
+                }
+                // The handler sends the HTTP body's failure as ConnectionAborted.
+                Some(Err(error)) => return Err(error),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+impl BodyReader {
+    /// Bytes read and their SHA-256 (hex): the whole body once it was read to its end.
+    fn finish(self) -> (u64, String) {
+        (self.bytes, hex::encode(self.hasher.finalize()))
+    }
+}
+
+/// The body as read by the splitter: plain, or gunzipped.
+enum Source {
+    Plain(BodyReader),
+    Gzip(Box<Inflated<flate2::read::MultiGzDecoder<BodyReader>>>),
+}
+
+impl Source {
+    fn into_body(self) -> BodyReader {
+        match self {
+            Source::Plain(body) => body,
+            Source::Gzip(inflated) => inflated.inner.into_inner(),
+        }
+    }
+}
+
+impl Read for Source {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Source::Plain(body) => body.read(out),
+            Source::Gzip(inflated) => inflated.read(out),
+        }
+    }
+}
+
+/// Counts what comes out of the gzip decoder, so a small bomb cannot expand past the limit.
+struct Inflated<R> {
+    inner: R,
+    bytes: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Inflated<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.bytes += n as u64;
+        if self.bytes > self.limit {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "uncompressed body too large",
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// A run of raw lines waiting to be validated.
+struct RawChunk {
+    seq: i32,
+    first_line: u64,
+    /// The lines, each ending in `\n` (carriage returns already removed).
+    text: Vec<u8>,
+    lines: usize,
+}
+
+/// A raw chunk after validation.
+struct Checked {
+    chunk: Option<Chunk>,
+    errors: Vec<RowError>,
+    error_count: usize,
+}
+
+/// Reads the whole body and sends its chunks to `chunks` until the end or the first error.
+/// Runs on a blocking thread.
+pub fn split(
+    body: BodyReader,
+    settings: &SplitSettings,
+    ports: &Ports,
+    chunks: mpsc::Sender<Chunk>,
+) -> SplitReport {
+    let limit = settings.max_body_bytes;
+    let mut source = if settings.gzip {
+        Source::Gzip(Box::new(Inflated {
+            inner: flate2::read::MultiGzDecoder::new(body),
+            bytes: 0,
+            limit,
+        }))
+    } else {
+        Source::Plain(body)
+    };
+    let mut report = SplitReport::default();
+    let result = Splitter::new(settings, ports, &chunks, &mut report).run(&mut source);
+    (report.bytes_received, report.sha256) = source.into_body().finish();
+    if let Err(error) = result {
+        report.errors.push(error);
+        report.error_count += 1;
+    }
+    report.errors.sort_by_key(|error| error.line);
+    report.errors.truncate(settings.max_errors);
+    report
+}
+
+/// The state of one pass over a body.
+struct Splitter<'a> {
+    settings: &'a SplitSettings,
+    ports: &'a Ports,
+    out: &'a mpsc::Sender<Chunk>,
+    report: &'a mut SplitReport,
+    next_seq: i32,
+    /// Raw chunks waiting for the next parallel round.
+    waiting: Vec<RawChunk>,
+    /// The publisher hung up (it failed); stop sending.
+    publisher_gone: bool,
+}
+
+impl<'a> Splitter<'a> {
+    fn new(
+        settings: &'a SplitSettings,
+        ports: &'a Ports,
+        out: &'a mpsc::Sender<Chunk>,
+        report: &'a mut SplitReport,
+    ) -> Splitter<'a> {
+        Splitter {
+            settings,
+            ports,
+            out,
+            report,
+            next_seq: 0,
+            waiting: Vec::new(),
+            publisher_gone: false,
+        }
+    }
+
+    /// Reads every line. Err is a problem that stops reading (its RowError is reported too).
+    fn run(&mut self, source: &mut Source) -> Result<(), RowError> {
+        let mut reader = BufReader::with_capacity(1 << 20, source);
+        let mut line = Vec::with_capacity(256);
+        let mut line_no: u64 = 0;
+        line_no += 1;
+        if !self.read_line(&mut reader, &mut line, line_no)? {
+            return Err(RowError::line(
+                1,
+                format!(
+                    "empty file: expected the header {}",
+                    rates::COLUMNS.join(",")
+                ),
+            ));
+        }
+        let header = Header::parse(&line)?;
+        let mut blank_lines: Vec<u64> = Vec::new();
+        let mut current: Option<RawChunk> = None;
+        let mut data_lines: u64 = 0;
+        loop {
+            line_no += 1;
+            if !self.read_line(&mut reader, &mut line, line_no)? {
+                break;
+            }
+            if line.is_empty() {
+                // Blank lines are fine at the end of a file; anywhere else they are an error.
+                blank_lines.push(line_no);
+                continue;
+            }
+            for blank in blank_lines.drain(..) {
+                self.error(RowError::line(blank, "empty line"));
+            }
+            data_lines += 1;
+            let raw = current.get_or_insert_with(|| RawChunk {
+                seq: 0,
+                first_line: line_no,
+                text: Vec::with_capacity(self.settings.chunk_rows * 32),
+                lines: 0,
+            });
+            raw.text.extend_from_slice(&line);
+            raw.text.push(b'\n');
+            raw.lines += 1;
+            if raw.lines == self.settings.chunk_rows {
+                let full = current.take().expect("a chunk is being filled");
+                self.queue(full, header.clone());
+            }
+            if self.publisher_gone {
+                return Ok(());
+            }
+            if self.report.error_count >= self.settings.max_errors {
+                self.report.errors_truncated = true;
+                return Ok(());
+            }
+        }
+        if let Some(rest) = current.take() {
+            self.queue(rest, header.clone());
+        }
+        self.flush(&header);
+        if data_lines == 0 {
+            return Err(RowError::line(
+                2,
+                "no prices: the file has a header but no data lines",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads one line into `line` without its `\n` or `\r\n`. False at the end of the body.
+    fn read_line(
+        &mut self,
+        reader: &mut BufReader<&mut Source>,
+        line: &mut Vec<u8>,
+        line_no: u64,
+    ) -> Result<bool, RowError> {
+        line.clear();
+        loop {
+            let available = match reader.fill_buf() {
+                Ok(available) => available,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(self.read_failed(line_no, error)),
+            };
+            if available.is_empty() {
+                return Ok(!line.is_empty());
+            }
+            let (take, done) = match memchr::memchr(b'\n', available) {
+                Some(at) => (at + 1, true),
+                None => (available.len(), false),
+            };
+            if line.len() + take > self.settings.max_line_bytes + 2 {
+                return Err(RowError::line(
+                    line_no,
+                    format!(
+                        "line is longer than the limit of {} bytes",
+                        self.settings.max_line_bytes
+                    ),
+                ));
+            }
+            line.extend_from_slice(&available[..take]);
+            reader.consume(take);
+            if done {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Turns a read failure into the error to report, noting cut-offs that are not about content.
+    fn read_failed(&mut self, line_no: u64, error: io::Error) -> RowError {
+        let message = error.to_string();
+        if error.kind() == io::ErrorKind::FileTooLarge {
+            self.report.cutoff = Some(Cutoff::TooLarge);
+            return RowError::line(
+                line_no,
+                format!(
+                    "the body is larger than the limit of {} bytes",
+                    self.settings.max_body_bytes
+                ),
+            );
+        }
+        if error.kind() == io::ErrorKind::ConnectionAborted {
+            self.report.cutoff = Some(Cutoff::Interrupted(message.clone()));
+            return RowError::line(line_no, format!("the upload broke off: {message}"));
+        }
+        if self.settings.gzip
+            && matches!(
+                error.kind(),
+                io::ErrorKind::InvalidInput
+                    | io::ErrorKind::InvalidData
+                    | io::ErrorKind::UnexpectedEof
+            )
+        {
+            return RowError::line(
+                line_no,
+                format!("the gzip stream is corrupt or truncated ({message})"),
+            );
+        }
+        self.report.cutoff = Some(Cutoff::Interrupted(message.clone()));
+        RowError::line(line_no, format!("the body could not be read: {message}"))
+    }
+
+    fn error(&mut self, error: RowError) {
+        self.report.error_count += 1;
+        if self.report.errors.len() < self.settings.max_errors {
+            self.report.errors.push(error);
+        }
+    }
+
+    /// Adds a full raw chunk to the round; runs the round when every rayon thread has one.
+    fn queue(&mut self, mut raw: RawChunk, header: Header) {
+        raw.seq = self.next_seq;
+        self.next_seq += 1;
+        self.waiting.push(raw);
+        if self.waiting.len() >= rayon::current_num_threads().max(1) {
+            self.flush(&header);
+        }
+    }
+
+    /// Validates and encodes the waiting raw chunks in parallel, then sends them in order.
+    fn flush(&mut self, header: &Header) {
+        let waiting = std::mem::take(&mut self.waiting);
+        let max_errors = self.settings.max_errors;
+        let ports = self.ports;
+        let checked: Vec<Checked> = waiting
+            .into_par_iter()
+            .map(|raw| check(raw, header, ports, max_errors))
+            .collect();
+        for checked in checked {
+            self.report.error_count += checked.error_count;
+            let room = max_errors.saturating_sub(self.report.errors.len());
+            self.report
+                .errors
+                .extend(checked.errors.into_iter().take(room));
+            let Some(chunk) = checked.chunk else { continue };
+            if self.report.error_count > 0 || self.publisher_gone {
+                continue;
+            }
+            self.report.rows += chunk.rows as u64;
+            self.report.chunks += 1;
+            if self.out.blocking_send(chunk).is_err() {
+                self.publisher_gone = true;
+            }
+        }
+    }
+}
+
+/// Validates and encodes one raw chunk (runs on rayon).
+fn check(raw: RawChunk, header: &Header, ports: &Ports, max_errors: usize) -> Checked {
+    let mut writer = CopyWriter::with_rows(raw.lines);
+    let mut errors = Vec::new();
+    let mut error_count = 0;
+    let mut last_line = raw.first_line;
+    for (offset, line) in raw.text[..raw.text.len().saturating_sub(1)]
+        .split(|b| *b == b'\n')
+        .enumerate()
+    {
+        let line_no = raw.first_line + offset as u64;
+        last_line = line_no;
+        match rates::parse_line(line, line_no, header, ports) {
+            Ok(price) if error_count == 0 => writer.push(&price),
+            Ok(_) => {}
+            Err(error) => {
+                error_count += 1;
+                if errors.len() < max_errors {
+                    errors.push(error);
+                }
+            }
+        }
+    }
+    let chunk = (error_count == 0).then(|| Chunk {
+        seq: raw.seq,
+        first_line: raw.first_line,
+        last_line,
+        rows: writer.rows() as i32,
+        payload: Bytes::from(writer.finish()),
+    });
+    Checked {
+        chunk,
+        errors,
+        error_count,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &[u8], chunk_rows: usize) -> (SplitReport, Vec<Chunk>) {
+        let (frames_tx, frames_rx) = mpsc::channel(4);
+        let (chunks_tx, mut chunks_rx) = mpsc::channel(1000);
+        let settings = SplitSettings {
+            chunk_rows,
+            max_line_bytes: 100,
+            max_errors: 10,
+            max_body_bytes: 10_000,
+            gzip: false,
+        };
+        let ports = Ports::new(["AAAAA".to_string(), "BBBBB".to_string()]);
+        let body = Bytes::copy_from_slice(body);
+        let feeder = std::thread::spawn(move || {
+            for piece in body.chunks(7) {
+                // The splitter may stop reading early (a fatal error): then stop sending.
+                if frames_tx
+                    .blocking_send(Ok(Bytes::copy_from_slice(piece)))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        let report = split(
+            BodyReader::new(frames_rx, settings.max_body_bytes),
+            &settings,
+            &ports,
+            chunks_tx,
+        );
+        feeder.join().unwrap();
+        let mut chunks = Vec::new();
+        while let Ok(chunk) = chunks_rx.try_recv() {
+            chunks.push(chunk);
+        }
+        (report, chunks)
+    }
+
+    #[test]
+    fn chunk_boundaries_never_drop_or_double_a_row() {
+        let mut body = String::from("orig_code,dest_code,day,price\r\n");
+        for i in 0..23 {
+            body.push_str(&format!("AAAAA,BBBBB,2016-01-01,{i}\r\n"));
+        }
+        body.push_str("\n\n");
+        for chunk_rows in [1, 2, 5, 22, 23, 24, 100] {
+            let (report, chunks) = run(body.as_bytes(), chunk_rows);
+            assert!(report.errors.is_empty(), "{:?}", report.errors);
+            assert_eq!(report.rows, 23);
+            assert_eq!(chunks.iter().map(|c| c.rows).sum::<i32>(), 23);
+            assert_eq!(chunks[0].first_line, 2);
+            assert_eq!(chunks.last().unwrap().last_line, 24);
+            for pair in chunks.windows(2) {
+                assert_eq!(pair[0].last_line + 1, pair[1].first_line);
+                assert_eq!(pair[0].seq + 1, pair[1].seq);
+            }
+        }
+    }
+
+    #[test]
+    fn errors_carry_file_line_numbers_and_stop_publishing() {
+        let body = "orig_code,dest_code,day,price\nAAAAA,BBBBB,2016-01-01,1\n\nAAAAA,BBBBB,2016-01-01,x\nAAAAA,BBBBB,2016-01-01,2\n";
+        let (report, chunks) = run(body.as_bytes(), 1);
+        assert_eq!(report.error_count, 2);
+        assert_eq!(report.errors[0].line, 3);
+        assert_eq!(report.errors[0].message, "empty line");
+        assert_eq!(report.errors[1].line, 4);
+        assert_eq!(report.errors[1].column.as_deref(), Some("price"));
+        assert!(
+            chunks.len() <= 1,
+            "nothing after the first error is published"
+        );
+    }
+
+    #[test]
+    fn empty_and_header_only_bodies_are_refused() {
+        assert!(run(b"", 10).0.errors[0].message.contains("empty file"));
+        let (report, _) = run(b"orig_code,dest_code,day,price\n", 10);
+        assert!(report.errors[0].message.contains("no data lines"));
+    }
+
+    #[test]
+    fn long_lines_stop_reading() {
+        let body = format!("orig_code,dest_code,day,price\n{}\n", "A".repeat(500));
+        let (report, _) = run(body.as_bytes(), 10);
+        assert_eq!(report.errors[0].line, 2);
+        assert!(report.errors[0].message.contains("longer than the limit"));
+    }
+}

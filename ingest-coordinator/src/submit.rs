@@ -1,0 +1,259 @@
+//! Submit: `POST /batches` streams the body through split and publish and answers once the
+//! whole file is in: 202 with the batch's status when it is loading, 422 (or 413, 400) with the
+//! batch's status when it failed, 200 with the earlier batch for a repeated Idempotency-Key.
+//! The body is never held in memory: frames go to the split thread as they arrive.
+
+use crate::api_error::ApiError;
+use crate::app::AppState;
+use crate::publish;
+use crate::rates::Ports;
+use crate::split::{self, BodyReader, Cutoff, SplitReport, SplitSettings};
+use crate::status::{self, BatchStatus};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use ingest_core::batch::BatchState;
+use ingest_core::ledger::{self, Ending, NewBatch};
+use std::io;
+use tokio::sync::mpsc;
+
+/// The header a client sets to make a retried submit safe.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// `POST /batches`.
+pub async fn submit(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let gzip = content_encoding(&headers)?;
+    check_content_type(&headers)?;
+    let key = idempotency_key(&headers)?;
+    let batch_id = {
+        let mut client = app.pool.get().await?;
+        match ledger::create_batch(&mut client, key.as_deref()).await? {
+            NewBatch::Created(id) => id,
+            NewBatch::Existing(id) => {
+                drain(body, app.config.max_body_bytes).await;
+                let status = status::fetch(&client, id)
+                    .await?
+                    .ok_or(ApiError::no_batch(id))?;
+                return Ok(respond(StatusCode::OK, status));
+            }
+        }
+    };
+    tracing::info!(batch_id, gzip, "receiving a batch");
+    let report = match receive(&app, batch_id, gzip, body).await {
+        Ok(report) => report,
+        Err(error) => {
+            let reason = format!("the batch could not be published: {error:#}");
+            app.end_batch(batch_id, &Ending::failed(reason)).await?;
+            return Err(ApiError::from(error));
+        }
+    };
+    conclude(&app, batch_id, report).await
+}
+
+/// Streams the body through split (blocking threads) and publish (async), concurrently.
+async fn receive(
+    app: &AppState,
+    batch_id: i64,
+    gzip: bool,
+    body: Body,
+) -> anyhow::Result<SplitReport> {
+    let ports = {
+        let client = app.pool.get().await?;
+        let rows = client.query("SELECT code FROM ports", &[]).await?;
+        Ports::new(rows.iter().map(|row| row.get::<_, String>(0)))
+    };
+    let settings = SplitSettings {
+        chunk_rows: app.config.chunk_rows,
+        max_line_bytes: app.config.max_line_bytes,
+        max_errors: app.config.max_errors,
+        max_body_bytes: app.config.max_body_bytes,
+        gzip,
+    };
+    let (frames_tx, frames_rx) = mpsc::channel(16);
+    let (chunks_tx, chunks_rx) = mpsc::channel(4);
+    let reader = BodyReader::new(frames_rx, settings.max_body_bytes);
+    let split =
+        tokio::task::spawn_blocking(move || split::split(reader, &settings, &ports, chunks_tx));
+    let publish = tokio::spawn(publish::publish_batch(app.clone(), batch_id, chunks_rx));
+
+    let mut frames = body.into_data_stream();
+    let mut stopped_early = false;
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|error| io::Error::new(io::ErrorKind::ConnectionAborted, error));
+        if frame.is_err() {
+            let _ = frames_tx.send(frame).await;
+            break;
+        }
+        // A closed channel means split stopped reading (a fatal error or the error limit).
+        if frames_tx.send(frame).await.is_err() {
+            stopped_early = true;
+            break;
+        }
+    }
+    drop(frames_tx);
+    let report = split.await?;
+    if stopped_early && report.cutoff != Some(Cutoff::TooLarge) {
+        // Read the rest so the client, still sending, gets the answer instead of a reset.
+        drain_stream(frames, app.config.max_body_bytes).await;
+    }
+    let published = publish.await??;
+    debug_assert!(published == report.chunks || report.error_count > 0);
+    Ok(report)
+}
+
+/// Reads and discards a body the answer does not need (up to `limit` bytes), so that an HTTP
+/// client still sending it receives the response rather than a connection reset.
+async fn drain(body: Body, limit: u64) {
+    drain_stream(body.into_data_stream(), limit).await
+}
+
+async fn drain_stream(mut frames: axum::body::BodyDataStream, limit: u64) {
+    let mut read = 0u64;
+    while let Some(Ok(frame)) = frames.next().await {
+        read += frame.len() as u64;
+        if read > limit {
+            break;
+        }
+    }
+}
+
+/// Records how the upload ended and answers the client.
+async fn conclude(
+    app: &AppState,
+    batch_id: i64,
+    report: SplitReport,
+) -> Result<Response, ApiError> {
+    let failure = match (&report.cutoff, report.error_count) {
+        (Some(Cutoff::TooLarge), _) => Some(StatusCode::PAYLOAD_TOO_LARGE),
+        (Some(Cutoff::Interrupted(_)), _) => Some(StatusCode::BAD_REQUEST),
+        (None, 0) => None,
+        (None, _) => Some(StatusCode::UNPROCESSABLE_ENTITY),
+    };
+    if let Some(code) = failure {
+        let ending = ending(&report);
+        tracing::info!(batch_id, error = %ending.error, "batch refused");
+        app.end_batch(batch_id, &ending).await?;
+        let client = app.pool.get().await?;
+        let status = status::fetch(&client, batch_id)
+            .await?
+            .ok_or(ApiError::no_batch(batch_id))?;
+        return Ok(respond(code, status));
+    }
+    let client = app.pool.get().await?;
+    let loading = ledger::finish_receiving(
+        &client,
+        batch_id,
+        report.rows as i64,
+        report.chunks,
+        report.bytes_received as i64,
+        &report.sha256,
+    )
+    .await?;
+    app.commit_wakeup.notify_one();
+    let status = status::fetch(&client, batch_id)
+        .await?
+        .ok_or(ApiError::no_batch(batch_id))?;
+    if !loading {
+        // Cancelled while it was being received.
+        return Ok(respond(StatusCode::CONFLICT, status));
+    }
+    tracing::info!(
+        batch_id,
+        rows = report.rows,
+        chunks = report.chunks,
+        "batch received"
+    );
+    Ok(respond(StatusCode::ACCEPTED, status))
+}
+
+/// The failure to record for a refused upload.
+fn ending(report: &SplitReport) -> Ending {
+    let first = report.errors.first().map(|error| {
+        let column = error
+            .column
+            .as_deref()
+            .map(|column| format!(", column {column}"))
+            .unwrap_or_default();
+        format!("line {}{column}: {}", error.line, error.message)
+    });
+    let count = if report.errors_truncated {
+        format!("at least {}", report.error_count)
+    } else {
+        report.error_count.to_string()
+    };
+    let error = match first {
+        Some(first) => format!("the file has {count} error(s); the first is on {first}"),
+        None => "the upload failed".to_string(),
+    };
+    Ending {
+        state: BatchState::Failed,
+        error,
+        error_count: report.error_count as i32,
+        errors: serde_json::to_value(&report.errors).unwrap_or_default(),
+        bytes_received: Some(report.bytes_received as i64),
+        content_sha256: (!report.sha256.is_empty()).then(|| report.sha256.clone()),
+    }
+}
+
+/// A status response with a `Location` header.
+pub fn respond(code: StatusCode, status: BatchStatus) -> Response {
+    let location = status.status_url.clone();
+    (code, [(header::LOCATION, location)], Json(status)).into_response()
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<bool, ApiError> {
+    match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => Ok(false),
+        Some(Ok(value)) if value.eq_ignore_ascii_case("gzip") => Ok(true),
+        Some(Ok(value)) if value.eq_ignore_ascii_case("identity") => Ok(false),
+        Some(_) => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_encoding",
+            "Content-Encoding must be gzip or identity",
+        )),
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+    match content_type.as_deref() {
+        Some("text/csv") | Some("application/csv") => Ok(()),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "a batch is sent as Content-Type: text/csv (got {})",
+                other.unwrap_or("none")
+            ),
+        )),
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 200 => Ok(Some(key.to_string())),
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 200 visible ASCII characters",
+        )),
+    }
+}

@@ -1,0 +1,333 @@
+//! What every integration test needs: a fresh database and fresh queues of its own (random
+//! suffix), the coordinator on port 0, in-process workers, and ways to read outcomes. Real
+//! PostgreSQL and RabbitMQ; everything is removed again when the environment is dropped.
+#![allow(dead_code)]
+
+pub mod rates_file;
+
+use ingest_coordinator::app::{self, Running};
+use ingest_coordinator::config::Config;
+use ingest_core::{broker, db};
+use rand::Rng;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The repository's copy of the ratestask reference data.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ratestask")
+}
+
+/// The sample batch: 56,689 real prices.
+pub fn sample_prices() -> PathBuf {
+    data_dir().join("prices.csv")
+}
+
+/// The server the tests use (the local one unless `DATABASE_URL` says otherwise), with `db`.
+fn server_url(db: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_DATABASE_URL.into());
+    let authority = url.find("://").map(|at| at + 3).unwrap_or(0);
+    let end = url[authority..]
+        .find('/')
+        .map(|at| authority + at)
+        .unwrap_or(url.len());
+    format!("{}/{db}", &url[..end])
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| broker::DEFAULT_AMQP_URL.into())
+}
+
+/// How a test wants its environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workers started at once.
+    pub workers: usize,
+    /// Rows per chunk.
+    pub chunk_rows: usize,
+    /// The API token, if any.
+    pub token: Option<String>,
+    /// Input errors reported at most.
+    pub max_errors: usize,
+    /// Body limit.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            workers: 2,
+            chunk_rows: 5_000,
+            token: None,
+            max_errors: 100,
+            max_body_bytes: 1 << 30,
+        }
+    }
+}
+
+/// One test's world.
+pub struct TestEnv {
+    /// The test database's name.
+    pub db_name: String,
+    /// Its URL.
+    pub database_url: String,
+    /// The chunk queue.
+    pub queue: String,
+    /// The spool folder.
+    pub spool: tempfile::TempDir,
+    /// The coordinator, while it runs.
+    pub coordinator: Option<Running>,
+    /// `http://host:port` of the coordinator.
+    pub base: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    /// A connection to the test database.
+    pub db: tokio_postgres::Client,
+    /// The configuration the coordinator was started with.
+    pub config: Config,
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl TestEnv {
+    /// A fresh database (migrated, seeded), fresh queues, the coordinator and the workers.
+    pub async fn start(options: Options) -> TestEnv {
+        let suffix: u64 = rand::rng().random();
+        let db_name = format!("ingest_test_{suffix:x}");
+        let admin = db::connect(&server_url("postgres"))
+            .await
+            .expect("admin connection");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create the test database");
+        let database_url = server_url(&db_name);
+        let queue = format!("ingest.test.{suffix:x}");
+        let spool = tempfile::tempdir().expect("spool dir");
+
+        let mut config = Config::defaults();
+        config.database_url = database_url.clone();
+        config.amqp_url = amqp_url();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.queue = queue.clone();
+        config.spool_dir = spool.path().to_path_buf();
+        config.chunk_rows = options.chunk_rows;
+        config.token = options.token.clone();
+        config.max_errors = options.max_errors;
+        config.max_body_bytes = options.max_body_bytes;
+        config.commit_poll_ms = 50;
+        config.redrive_poll_ms = 200;
+        config.db_pool = 8;
+
+        let mut seed_client = db::connect(&database_url).await.expect("test database");
+        ingest_core::schema::migrate(&mut seed_client)
+            .await
+            .expect("migrate");
+        ingest_coordinator::seed::seed(&mut seed_client, &data_dir())
+            .await
+            .expect("seed");
+
+        let coordinator = app::start(config.clone())
+            .await
+            .expect("coordinator starts");
+        let base = format!("http://{}", coordinator.addr);
+        let mut env = TestEnv {
+            db_name,
+            database_url,
+            queue,
+            spool,
+            coordinator: Some(coordinator),
+            base,
+            http: reqwest::Client::new(),
+            db: seed_client,
+            config,
+            workers: Vec::new(),
+        };
+        env.start_workers(options.workers);
+        env
+    }
+
+    /// Starts `n` more in-process workers on this environment's queue.
+    pub fn start_workers(&mut self, n: usize) {
+        for _ in 0..n {
+            let mut config = ingest_worker::Config::defaults();
+            config.database_url = self.database_url.clone();
+            config.amqp_url = amqp_url();
+            config.queue = self.queue.clone();
+            config.concurrency = 2;
+            config.name = Some(format!("test-worker-{}", self.workers.len()));
+            let token = CancellationToken::new();
+            let handle = tokio::spawn(ingest_worker::run(config, token.clone()));
+            self.workers.push((token, handle));
+        }
+    }
+
+    /// Stops every worker (they drain) and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            handle.await.expect("worker task").expect("worker run");
+        }
+    }
+
+    /// `POST /batches` with a CSV body; returns the status code and the JSON body.
+    pub async fn submit(&self, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        self.submit_with(body, &[]).await
+    }
+
+    /// `POST /batches` with extra headers.
+    pub async fn submit_with(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/batches", self.base))
+            .header("content-type", "text/csv")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("submit request");
+        let code = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (code, body)
+    }
+
+    /// `GET` a path of the API; returns the status code and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET request");
+        let code = response.status().as_u16();
+        (code, response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the batch until it is final or `within` passes (then panics with its last status).
+    pub async fn wait_final(&self, id: i64, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, status) = self.get(&format!("/batches/{id}")).await;
+            let state = status["state"].as_str().unwrap_or("");
+            if matches!(state, "committed" | "failed" | "cancelled") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "batch {id} not final in time: {status:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `check` holds, polling, or panics after `within`.
+    pub async fn wait_until<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `SELECT count(*) FROM prices`.
+    pub async fn prices_count(&self) -> i64 {
+        self.db
+            .query_one("SELECT count(*) FROM prices", &[])
+            .await
+            .expect("count prices")
+            .get(0)
+    }
+
+    /// Per day: (day, rows, sum of prices), from `prices`, ordered by day.
+    pub async fn prices_checksum(&self) -> Vec<(String, i64, i64)> {
+        self.db
+            .query(
+                "SELECT day::text, count(*), sum(price)::bigint FROM prices GROUP BY day ORDER BY day",
+                &[],
+            )
+            .await
+            .expect("checksum")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
+    /// Tables left in the staging schema (not attached as partitions).
+    pub async fn unattached_staging_tables(&self) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'price_batches' AND c.relkind = 'r' AND NOT c.relispartition",
+                &[],
+            )
+            .await
+            .expect("staging tables")
+            .get(0)
+    }
+
+    /// Messages waiting in the chunk queue.
+    pub async fn queue_depth(&self) -> u32 {
+        let connection = broker::connect(&amqp_url(), "test").await.expect("amqp");
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = channel
+            .queue_declare(
+                self.queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("queue");
+        let _ = connection.close(200, "bye".into()).await;
+        queue.message_count()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for (token, handle) in &self.workers {
+            token.cancel();
+            handle.abort();
+        }
+        let db_name = self.db_name.clone();
+        let queue = self.queue.clone();
+        // Cleanup runs on a runtime of its own: Drop cannot await, and the test's runtime may
+        // be shutting down.
+        let cleaned = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime")
+                .block_on(async move {
+                    if let Ok(admin) = db::connect(&server_url("postgres")).await {
+                        let _ = admin
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                    if let Ok(connection) = broker::connect(&amqp_url(), "test cleanup").await {
+                        if let Ok(channel) = connection.create_channel().await {
+                            let _ = broker::delete(&channel, &queue).await;
+                        }
+                        let _ = connection.close(200, "bye".into()).await;
+                    }
+                })
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("cleanup of {} failed", self.db_name);
+        }
+    }
+}

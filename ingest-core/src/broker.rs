@@ -1,0 +1,86 @@
+//! The RabbitMQ side: one connection per process (with lapin's automatic recovery) and the queue
+//! topology both the coordinator and the workers declare, so either may start first.
+//!
+//! Topology, all named after the chunk queue (default `ingest.chunks`):
+//! - `{queue}`: durable quorum queue, fed through the default exchange with routing key
+//!   `{queue}`; messages are persistent; a message redelivered more than `DELIVERY_LIMIT` times
+//!   (a worker that keeps dying on it) is dead-lettered;
+//! - `{queue}.dead`: durable queue that receives what `{queue}` dead-letters (rejected without
+//!   requeue, or over the delivery limit), for an operator to look at and re-drive.
+
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{Channel, Connection, ConnectionProperties};
+
+/// The default `AMQP_URL`: the local broker with the guest account.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The default name of the chunk queue.
+pub const DEFAULT_QUEUE: &str = "ingest.chunks";
+
+/// Deliveries of one message before RabbitMQ dead-letters it.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Connects to RabbitMQ with automatic connection recovery.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(name.into())
+        .enable_auto_recover();
+    Connection::connect(url, properties)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot connect to RabbitMQ at {}: {error}", redact(url)))
+}
+
+/// The name of the queue that holds dead-lettered chunks.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dead")
+}
+
+/// Declares the chunk queue and its dead-letter queue (idempotent).
+pub async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let dead = dead_letter_queue(queue);
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(dead.as_str().into(), durable, quorum.clone())
+        .await?;
+    let mut arguments = quorum;
+    arguments.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString("".into()),
+    );
+    arguments.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    arguments.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the chunk queue and its dead-letter queue (tests clean up with this).
+pub async fn delete(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+    for name in [queue.to_string(), dead_letter_queue(queue)] {
+        channel
+            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    crate::db::redact(url)
+}

@@ -1,0 +1,146 @@
+//! A chunk: a run of consecutive source lines of one batch, encoded as one PostgreSQL binary
+//! COPY stream. This file defines its states and the message that carries it on RabbitMQ.
+
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a chunk is. Stored as text in `chunks.state`; transitions happen only in
+/// [`crate::ledger`].
+///
+/// ```text
+/// pending ──> queued ──> loading ──> loaded
+///    ^          ^           │
+///    └──────────┴── failed <┘ (re-published by the coordinator) ──> dead (attempts spent)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkState {
+    /// Recorded and written to the spool; RabbitMQ has not confirmed it yet.
+    Pending,
+    /// RabbitMQ confirmed the message: it is durably queued.
+    Queued,
+    /// A worker holds it, until `lease_until`.
+    Loading,
+    /// Its rows are in the batch's staging table (same transaction as this state).
+    Loaded,
+    /// The last attempt failed; the coordinator hands it out again.
+    Failed,
+    /// Every attempt failed; the batch fails with it.
+    Dead,
+}
+
+impl ChunkState {
+    /// Every state.
+    pub const ALL: [ChunkState; 6] = [
+        ChunkState::Pending,
+        ChunkState::Queued,
+        ChunkState::Loading,
+        ChunkState::Loaded,
+        ChunkState::Failed,
+        ChunkState::Dead,
+    ];
+
+    /// The name stored in PostgreSQL and shown in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkState::Pending => "pending",
+            ChunkState::Queued => "queued",
+            ChunkState::Loading => "loading",
+            ChunkState::Loaded => "loaded",
+            ChunkState::Failed => "failed",
+            ChunkState::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for ChunkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ChunkState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ChunkState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown chunk state {s:?}"))
+    }
+}
+
+/// Identifies a chunk on the wire. The message body is the chunk's binary COPY stream; this
+/// travels in the message headers so a worker never has to parse the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMessage {
+    /// The batch the chunk belongs to.
+    pub batch_id: i64,
+    /// The chunk's number within its batch, from 0.
+    pub seq: i32,
+    /// How many rows the COPY stream holds; the worker checks COPY's count against it.
+    pub rows: i32,
+}
+
+const BATCH_ID: &str = "batch_id";
+const SEQ: &str = "seq";
+const ROWS: &str = "rows";
+
+impl ChunkMessage {
+    /// The AMQP headers that carry this message.
+    pub fn to_headers(self) -> FieldTable {
+        let mut table = FieldTable::default();
+        table.insert(
+            ShortString::from(BATCH_ID),
+            AMQPValue::LongLongInt(self.batch_id),
+        );
+        table.insert(ShortString::from(SEQ), AMQPValue::LongInt(self.seq));
+        table.insert(ShortString::from(ROWS), AMQPValue::LongInt(self.rows));
+        table
+    }
+
+    /// Reads the message back from AMQP headers; `None` when a header is missing or mistyped
+    /// (such a message is not ours and goes to the dead-letter queue).
+    pub fn from_headers(headers: &FieldTable) -> Option<ChunkMessage> {
+        let map = headers.inner();
+        let int = |name: &str| -> Option<i64> {
+            match map.get(name)? {
+                AMQPValue::LongLongInt(v) => Some(*v),
+                AMQPValue::LongInt(v) => Some(i64::from(*v)),
+                AMQPValue::ShortInt(v) => Some(i64::from(*v)),
+                AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+                _ => None,
+            }
+        };
+        Some(ChunkMessage {
+            batch_id: int(BATCH_ID)?,
+            seq: i32::try_from(int(SEQ)?).ok()?,
+            rows: i32::try_from(int(ROWS)?).ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_round_trip() {
+        let msg = ChunkMessage {
+            batch_id: 42,
+            seq: 7,
+            rows: 5000,
+        };
+        assert_eq!(ChunkMessage::from_headers(&msg.to_headers()), Some(msg));
+        assert_eq!(ChunkMessage::from_headers(&FieldTable::default()), None);
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for state in ChunkState::ALL {
+            assert_eq!(state.as_str().parse::<ChunkState>().unwrap(), state);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! What the coordinator and the workers share.
+//!
+//! The data walks one way: `submit → split → publish → load → commit → status`. The coordinator
+//! owns submit, split, publish and commit; workers own load. Both sides meet in three places,
+//! and each of them lives here so there is exactly one definition:
+//! - [`chunk::ChunkMessage`]: what travels on RabbitMQ;
+//! - [`ledger`]: every batch and chunk state, durably in PostgreSQL, with every transition;
+//! - [`schema`] and [`broker`]: the tables and the queue topology both sides rely on.
+
+pub mod batch;
+pub mod broker;
+pub mod chunk;
+pub mod db;
+pub mod ledger;
+pub mod schema;

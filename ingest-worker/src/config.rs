@@ -1,0 +1,81 @@
+//! The worker's configuration: one typed struct, from flags with environment fallbacks.
+
+use clap::Parser;
+use ingest_core::{broker, db};
+use std::time::Duration;
+
+/// Everything a worker needs to know.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    version,
+    about = "Loads chunks from RabbitMQ into PostgreSQL with binary COPY"
+)]
+pub struct Config {
+    /// PostgreSQL primary.
+    #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+
+    /// RabbitMQ broker.
+    #[arg(long, env = "AMQP_URL", default_value = broker::DEFAULT_AMQP_URL)]
+    pub amqp_url: String,
+
+    /// The chunk queue on RabbitMQ.
+    #[arg(long, env = "INGEST_QUEUE", default_value = broker::DEFAULT_QUEUE)]
+    pub queue: String,
+
+    /// Chunks loaded at once (each on its own PostgreSQL connection).
+    #[arg(long, env = "INGEST_WORKER_CONCURRENCY", default_value_t = 2)]
+    pub concurrency: usize,
+
+    /// Unacknowledged messages RabbitMQ may hand this worker (0: the same as concurrency).
+    #[arg(long, env = "INGEST_WORKER_PREFETCH", default_value_t = 0)]
+    pub prefetch: u16,
+
+    /// How long a chunk stays leased to this worker before the coordinator hands it out again.
+    #[arg(long, env = "INGEST_LEASE_SECONDS", default_value_t = 300.0)]
+    pub lease_seconds: f64,
+
+    /// On SIGTERM, how long to finish the chunks in hand before leaving them to RabbitMQ.
+    #[arg(long, env = "INGEST_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+
+    /// This worker's name in the ledger and logs (default: host and process id).
+    #[arg(long, env = "INGEST_WORKER_NAME")]
+    pub name: Option<String>,
+}
+
+impl Config {
+    /// The configuration from flags and environment, for the binary.
+    pub fn from_args() -> Config {
+        Config::parse()
+    }
+
+    /// The defaults, as if started with no flags (tests start from this).
+    pub fn defaults() -> Config {
+        Config::parse_from(["ingest-worker"])
+    }
+
+    /// The prefetch count actually asked of RabbitMQ.
+    pub fn prefetch_count(&self) -> u16 {
+        if self.prefetch == 0 {
+            self.concurrency.clamp(1, u16::MAX as usize) as u16
+        } else {
+            self.prefetch
+        }
+    }
+
+    /// The name recorded on chunks this worker holds.
+    pub fn worker_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "worker".to_string());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The drain deadline.
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}

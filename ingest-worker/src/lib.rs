@@ -1,0 +1,11 @@
+//! The ingest worker: the `load` step. It consumes chunks from RabbitMQ ([`consume`]) and loads
+//! each into its batch's staging table with binary COPY ([`load`]), acknowledging a message only
+//! after the PostgreSQL transaction that loaded it committed. Stateless: start as many as needed,
+//! on any host.
+
+pub mod config;
+pub mod consume;
+pub mod load;
+
+pub use config::Config;
+pub use consume::run;

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The README's "command 2", and what CI runs: every check and every test, on real PostgreSQL and
+# RabbitMQ (started here when they do not answer). Tests make their own databases and queues.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/services.sh
+ensure_services
+
+echo "== format"
+cargo fmt --all -- --check
+echo "== lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== compose file"
+scripts/lint-compose.sh
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
