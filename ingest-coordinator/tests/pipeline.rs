@@ -228,3 +228,44 @@ async fn a_chunk_delivered_twice_loads_its_rows_once() {
     .await;
     assert_eq!(env.prices_count().await, SAMPLE_ROWS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_database_enforces_port_codes_at_commit() {
+    // The validator accepted the file; a port disappears before the commit. PostgreSQL's
+    // foreign keys, checked in bulk when the batch is attached, still refuse it.
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        chunk_rows: 5_000,
+        ..Options::default()
+    })
+    .await;
+    let file = std::fs::read(support::sample_prices()).unwrap();
+    let (code, accepted) = env.submit(file).await;
+    assert_eq!(code, 202, "{accepted:#}");
+    let id = accepted["id"].as_i64().unwrap();
+    let removed = env
+        .db
+        .execute("DELETE FROM ports WHERE code = 'CNGGZ'", &[])
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    env.start_workers(2);
+    let status = env.wait_final(id, Duration::from_secs(120)).await;
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let error = status["error"].as_str().unwrap();
+    assert!(error.contains("attaching the batch to prices"), "{error}");
+    assert!(error.contains("23503"), "{error}");
+    assert!(error.contains("CNGGZ"), "{error}");
+    assert_eq!(env.prices_count().await, 0);
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    let staged: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'price_batches'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(staged, 0, "the failed batch's rows are dropped");
+}

@@ -36,7 +36,8 @@ fn server_url(db: &str) -> String {
     format!("{}/{db}", &url[..end])
 }
 
-fn amqp_url() -> String {
+/// The broker the tests use.
+pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| broker::DEFAULT_AMQP_URL.into())
 }
 
@@ -53,6 +54,8 @@ pub struct Options {
     pub max_errors: usize,
     /// Body limit.
     pub max_body_bytes: u64,
+    /// Start the coordinator in this process (tests that run the binary say false).
+    pub coordinator: bool,
 }
 
 impl Default for Options {
@@ -63,6 +66,7 @@ impl Default for Options {
             token: None,
             max_errors: 100,
             max_body_bytes: 1 << 30,
+            coordinator: true,
         }
     }
 }
@@ -128,16 +132,25 @@ impl TestEnv {
             .await
             .expect("seed");
 
-        let coordinator = app::start(config.clone())
-            .await
-            .expect("coordinator starts");
-        let base = format!("http://{}", coordinator.addr);
+        let coordinator = if options.coordinator {
+            Some(
+                app::start(config.clone())
+                    .await
+                    .expect("coordinator starts"),
+            )
+        } else {
+            None
+        };
+        let base = coordinator
+            .as_ref()
+            .map(|running| format!("http://{}", running.addr))
+            .unwrap_or_default();
         let mut env = TestEnv {
             db_name,
             database_url,
             queue,
             spool,
-            coordinator: Some(coordinator),
+            coordinator,
             base,
             http: reqwest::Client::new(),
             db: seed_client,

@@ -1,0 +1,115 @@
+//! The streaming path: a 2,000,000-row batch, sent as a stream in many chunks, goes through the
+//! real `ingest-coordinator` binary, and the coordinator's peak memory stays far below the size
+//! of the file — it never holds the batch, only a few chunks at a time.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{rates_file, Options, TestEnv};
+
+const ROWS: u64 = 2_000_000;
+
+/// Kills the coordinator process whatever happens in the test.
+struct Coordinator(Child);
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_million_rows_stream_through_in_bounded_memory() {
+    let mut env = TestEnv::start(Options {
+        workers: 2,
+        coordinator: false,
+        ..Options::default()
+    })
+    .await;
+    let spool = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ingest-coordinator"))
+        .env("DATABASE_URL", &env.database_url)
+        .env("AMQP_URL", support::amqp_url())
+        .env("INGEST_QUEUE", &env.queue)
+        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INGEST_SPOOL_DIR", spool.path())
+        .env("INGEST_CHUNK_ROWS", "20000")
+        .env("INGEST_COMMIT_POLL_MS", "50")
+        .env_remove("INGEST_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ingest-coordinator");
+    let coordinator = Coordinator(child);
+    env.base = format!("http://127.0.0.1:{port}");
+    env.wait_until(
+        "the coordinator to be ready",
+        Duration::from_secs(60),
+        || async {
+            env.http
+                .get(format!("{}/readyz", env.base))
+                .send()
+                .await
+                .map(|response| response.status().is_success())
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let idle_kib = peak_rss_kib(coordinator.0.id());
+
+    let codes = rates_file::port_codes(&support::data_dir());
+    let file_bytes = rates_file::whole(&codes, 3, 1_000).len() as u64 * ROWS / 1_000;
+    let started = Instant::now();
+    let (code, accepted) = env.submit(rates_file::stream(codes.clone(), 3, ROWS)).await;
+    assert_eq!(code, 202, "{accepted:#}");
+    assert_eq!(accepted["rows_total"], ROWS as i64);
+    assert_eq!(accepted["chunks"]["total"], 100);
+    let id = accepted["id"].as_i64().unwrap();
+    let status = env.wait_final(id, Duration::from_secs(600)).await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+    let peak_kib = peak_rss_kib(coordinator.0.id());
+    println!(
+        "{ROWS} rows ({} MiB) in {:.1} s; coordinator peak RSS {} MiB (idle {} MiB)",
+        file_bytes >> 20,
+        started.elapsed().as_secs_f64(),
+        peak_kib >> 10,
+        idle_kib >> 10
+    );
+
+    let (rows, sum) = rates_file::totals(&codes, 3, ROWS);
+    let row = env
+        .db
+        .query_one("SELECT count(*), sum(price)::bigint FROM prices", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (rows, sum));
+    // Holding the file would need at least its size on top of the idle footprint.
+    let growth_kib = peak_kib.saturating_sub(idle_kib);
+    assert!(
+        growth_kib * 1024 < file_bytes / 2,
+        "the coordinator grew by {} MiB while receiving a {} MiB file",
+        growth_kib >> 10,
+        file_bytes >> 20
+    );
+}
