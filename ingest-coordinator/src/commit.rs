@@ -5,6 +5,7 @@
 //! the next coordinator (`committing` batches are picked up again).
 
 use crate::app::AppState;
+use ingest_core::batch::BatchState;
 use ingest_core::ledger::{self, Ending};
 use ingest_core::schema;
 use std::time::Instant;
@@ -56,8 +57,12 @@ pub enum Committed {
 pub async fn commit_batch(app: &AppState, batch_id: i64) -> anyhow::Result<Committed> {
     let started = Instant::now();
     let mut client = app.pool.get().await?;
-    // A `committing` batch (resumed) fails the claim but goes on; a `loading` one is claimed.
-    ledger::start_commit(&client, batch_id).await?;
+    // A `loading` batch is claimed; a `committing` one (an interrupted commit) is resumed.
+    if !ledger::start_commit(&client, batch_id).await?
+        && ledger::batch_state(&client, batch_id).await? != Some(BatchState::Committing)
+    {
+        return Ok(Committed::Skipped);
+    }
     if let Err(error) = client
         .batch_execute(&schema::index_staging_sql(batch_id))
         .await
@@ -66,7 +71,7 @@ pub async fn commit_batch(app: &AppState, batch_id: i64) -> anyhow::Result<Commi
     }
     let tx = client.transaction().await?;
     let state = ledger::lock_batch(&tx, batch_id).await?;
-    if state != Some(ingest_core::batch::BatchState::Committing) {
+    if state != Some(BatchState::Committing) {
         return Ok(Committed::Skipped);
     }
     if let Err(error) = tx.batch_execute(&schema::attach_sql(batch_id)).await {

@@ -50,11 +50,12 @@ impl RowError {
     }
 }
 
-/// The value as text, at most [`VALUE_SHOWN`] characters, invalid UTF-8 replaced.
+/// The value as text, at most [`VALUE_SHOWN`] characters, invalid UTF-8 replaced, NUL shown as
+/// `␀` (PostgreSQL cannot store NUL in text or jsonb, and the errors are stored there).
 pub fn shorten(value: &[u8]) -> String {
-    let text = String::from_utf8_lossy(value);
+    let text = String::from_utf8_lossy(value).replace('\0', "\u{2400}");
     if text.chars().count() <= VALUE_SHOWN {
-        return text.into_owned();
+        return text;
     }
     let mut short: String = text.chars().take(VALUE_SHOWN).collect();
     short.push('…');
@@ -72,14 +73,17 @@ impl Header {
     /// Reads the header line (line 1, without its line ending; a UTF-8 byte-order mark allowed).
     pub fn parse(line: &[u8]) -> Result<Header, RowError> {
         let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+        let missing = || {
+            format!(
+                "missing header: the first line must be {}",
+                COLUMNS.join(",")
+            )
+        };
         if line.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(RowError::line(
-                1,
-                format!(
-                    "missing header: the first line must be {}",
-                    COLUMNS.join(",")
-                ),
-            ));
+            return Err(RowError::line(1, missing()));
+        }
+        if memchr::memchr(0, line).is_some() {
+            return Err(RowError::line(1, "line contains a NUL byte"));
         }
         let fields = split_fields(line).map_err(|(index, message)| RowError {
             line: 1,
@@ -87,9 +91,21 @@ impl Header {
             value: None,
             message,
         })?;
+        fn name(field: &[u8]) -> &str {
+            std::str::from_utf8(field).unwrap_or("").trim()
+        }
+        if !fields.iter().any(|field| COLUMNS.contains(&name(field))) {
+            // Not one column named: the file has no header (it starts with data, or with junk).
+            return Err(RowError {
+                line: 1,
+                column: None,
+                value: Some(shorten(line)),
+                message: format!("{} (no column is named on it)", missing()),
+            });
+        }
         let mut positions = [usize::MAX; 4];
         for (index, field) in fields.iter().enumerate() {
-            let name = std::str::from_utf8(field).unwrap_or("").trim();
+            let name = name(field);
             match COLUMNS.iter().position(|column| *column == name) {
                 Some(column) if positions[column] != usize::MAX => {
                     return Err(RowError::field(
@@ -416,6 +432,11 @@ mod tests {
         );
         let twice = Header::parse(b"orig_code,orig_code,day,price").unwrap_err();
         assert!(twice.message.contains("appears twice"));
+        let data = Header::parse(b"CNSGH,NLRTM,2016-01-01,1").unwrap_err();
+        assert!(data.message.starts_with("missing header"), "{data:?}");
+        assert_eq!(data.column, None);
+        let nul = Header::parse(b"orig_code,dest_code,day,price\0").unwrap_err();
+        assert!(nul.message.contains("NUL"), "{nul:?}");
     }
 
     #[test]
@@ -470,6 +491,11 @@ mod tests {
         let shown = shorten(long.as_bytes());
         assert_eq!(shown.chars().count(), VALUE_SHOWN + 1);
         assert!(shown.ends_with('…'));
+        assert_eq!(
+            shorten(b"a\0b"),
+            "a\u{2400}b",
+            "PostgreSQL cannot store NUL"
+        );
     }
 
     proptest::proptest! {

@@ -305,6 +305,12 @@ impl<'a> Splitter<'a> {
             }
             if self.report.error_count >= self.settings.max_errors {
                 self.report.errors_truncated = true;
+                // Check the lines read so far first: a chunk not checked yet may hold errors on
+                // earlier lines than those already found (blank lines are found as read).
+                if let Some(rest) = current.take() {
+                    self.queue(rest, header.clone());
+                }
+                self.flush(&header);
                 return Ok(());
             }
         }
@@ -399,8 +405,16 @@ impl<'a> Splitter<'a> {
 
     fn error(&mut self, error: RowError) {
         self.report.error_count += 1;
-        if self.report.errors.len() < self.settings.max_errors {
-            self.report.errors.push(error);
+        self.keep([error]);
+    }
+
+    /// Adds errors, keeping the `max_errors` on the lowest lines: a chunk's errors arrive when
+    /// it is checked, after blank lines further down were already reported.
+    fn keep(&mut self, errors: impl IntoIterator<Item = RowError>) {
+        self.report.errors.extend(errors);
+        if self.report.errors.len() > self.settings.max_errors {
+            self.report.errors.sort_by_key(|error| error.line);
+            self.report.errors.truncate(self.settings.max_errors);
         }
     }
 
@@ -425,10 +439,7 @@ impl<'a> Splitter<'a> {
             .collect();
         for checked in checked {
             self.report.error_count += checked.error_count;
-            let room = max_errors.saturating_sub(self.report.errors.len());
-            self.report
-                .errors
-                .extend(checked.errors.into_iter().take(room));
+            self.keep(checked.errors);
             let Some(chunk) = checked.chunk else { continue };
             if self.report.error_count > 0 || self.publisher_gone {
                 continue;
@@ -554,6 +565,23 @@ mod tests {
             chunks.len() <= 1,
             "nothing after the first error is published"
         );
+    }
+
+    #[test]
+    fn errors_of_a_chunk_checked_late_still_come_first() {
+        // Ten blank lines reach the limit while the chunk holding line 3 is still unchecked.
+        let mut body = String::from("orig_code,dest_code,day,price\nAAAAA,BBBBB,2016-01-01,1\n");
+        body.push_str("AAAAA,BBBBB,2016-01-01,x\n");
+        for _ in 0..20 {
+            body.push_str("\nAAAAA,BBBBB,2016-01-01,1\n");
+        }
+        let (report, chunks) = run(body.as_bytes(), 1000);
+        assert!(report.errors_truncated);
+        assert_eq!(report.errors.len(), 10);
+        assert_eq!(report.errors[0].line, 3);
+        assert_eq!(report.errors[0].column.as_deref(), Some("price"));
+        assert_eq!(report.errors[1].line, 4);
+        assert!(chunks.is_empty());
     }
 
     #[test]

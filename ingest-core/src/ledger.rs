@@ -195,6 +195,17 @@ pub async fn finish_commit(
     Ok(updated == 1)
 }
 
+/// A batch's current state (`None` for an unknown batch).
+pub async fn batch_state(
+    client: &Client,
+    batch_id: i64,
+) -> Result<Option<BatchState>, tokio_postgres::Error> {
+    let row = client
+        .query_opt("SELECT state FROM batches WHERE id = $1", &[&batch_id])
+        .await?;
+    Ok(row.and_then(|row| row.get::<_, String>(0).parse().ok()))
+}
+
 /// Takes the batch's row lock for the rest of the transaction: commit and cancel serialise on it.
 pub async fn lock_batch(
     tx: &Transaction<'_>,
