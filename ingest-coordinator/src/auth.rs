@@ -1,4 +1,4 @@
-//! Protection of the mutating endpoints (submit, cancel, retry): a bearer token from
+//! Protection of the mutating endpoints (submit, cancel, and any later one): a bearer token from
 //! `INGEST_TOKEN`. Reading status is open, so dashboards and the CLI's progress need no secret.
 //! The token is never logged (the configuration hides it, requests are logged without headers).
 

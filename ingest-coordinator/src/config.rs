@@ -22,7 +22,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Bearer token required by submit, cancel and retry. Status reads stay open.
+    /// Bearer token required by submit and cancel. Status reads stay open.
     #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 
