@@ -31,13 +31,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,lapin=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    ingest_core::process::init_logs();
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
@@ -54,7 +48,9 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let running = ingest_coordinator::app::start(config).await?;
-    running.run_until(shutdown_signal()).await
+    running
+        .run_until(ingest_core::process::shutdown_signal())
+        .await
 }
 
 async fn seed(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
@@ -66,14 +62,4 @@ async fn seed(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         data_dir.display()
     );
     Ok(())
-}
-
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -12,4 +12,5 @@ pub mod broker;
 pub mod chunk;
 pub mod db;
 pub mod ledger;
+pub mod process;
 pub mod schema;
