@@ -495,6 +495,10 @@ mod tests {
     use super::*;
 
     fn run(body: &[u8], chunk_rows: usize) -> (SplitReport, Vec<Chunk>) {
+        run_with(body, chunk_rows, false)
+    }
+
+    fn run_with(body: &[u8], chunk_rows: usize, gzip: bool) -> (SplitReport, Vec<Chunk>) {
         let (frames_tx, frames_rx) = mpsc::channel(4);
         let (chunks_tx, mut chunks_rx) = mpsc::channel(1000);
         let settings = SplitSettings {
@@ -502,7 +506,7 @@ mod tests {
             max_line_bytes: 100,
             max_errors: 10,
             max_body_bytes: 10_000,
-            gzip: false,
+            gzip,
         };
         let ports = Ports::new(["AAAAA".to_string(), "BBBBB".to_string()]);
         let body = Bytes::copy_from_slice(body);
@@ -597,5 +601,76 @@ mod tests {
         let (report, _) = run(body.as_bytes(), 10);
         assert_eq!(report.errors[0].line, 2);
         assert!(report.errors[0].message.contains("longer than the limit"));
+    }
+
+    /// What must hold for any body: a report whose numbers agree with what was published, and
+    /// errors whose line numbers exist in the body.
+    fn assert_consistent(body: &[u8], report: &SplitReport, chunks: &[Chunk]) {
+        let published: i32 = chunks.iter().map(|chunk| chunk.rows).sum();
+        assert_eq!(report.chunks as usize, chunks.len());
+        assert_eq!(report.rows, published as u64);
+        assert!(report.error_count >= report.errors.len());
+        assert!(report.errors.len() <= 10);
+        let lines = body.split(|&byte| byte == b'\n').count() as u64;
+        for error in &report.errors {
+            assert!(error.line <= lines.max(1), "line {} of {lines}", error.line);
+        }
+        for pair in report.errors.windows(2) {
+            assert!(pair[0].line <= pair[1].line, "errors come in line order");
+        }
+        if report.errors.is_empty() && report.cutoff.is_none() {
+            assert!(report.rows > 0, "an accepted file has rows");
+        }
+    }
+
+    /// A valid file of `rows` lines.
+    fn valid_body(rows: usize) -> Vec<u8> {
+        let mut body = String::from("orig_code,dest_code,day,price\n");
+        for i in 0..rows {
+            body.push_str(&format!("AAAAA,\"BBBBB\",2016-01-{:02},{i}\n", i % 28 + 1));
+        }
+        body.into_bytes()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Arbitrary bytes, plain or announced as gzip, never panic the splitter.
+        #[test]
+        fn arbitrary_bodies_never_panic(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            chunk_rows in 1usize..4,
+            gzip in proptest::prelude::any::<bool>(),
+        ) {
+            let (report, chunks) = run_with(&body, chunk_rows, gzip);
+            if !gzip {
+                assert_consistent(&body, &report, &chunks);
+            }
+            proptest::prop_assert!(!report.errors.is_empty() || report.rows > 0 || report.cutoff.is_some());
+        }
+
+        /// A valid file with one byte changed either still loads every line or is refused
+        /// with an error on a line the file has; never a panic, never a row lost silently.
+        #[test]
+        fn a_valid_file_with_one_byte_changed_is_loaded_whole_or_refused(
+            rows in 1usize..30,
+            position in proptest::prelude::any::<proptest::sample::Index>(),
+            byte in proptest::prelude::any::<u8>(),
+            chunk_rows in 1usize..8,
+        ) {
+            let mut body = valid_body(rows);
+            let at = position.index(body.len());
+            body[at] = byte;
+            let (report, chunks) = run(&body, chunk_rows);
+            assert_consistent(&body, &report, &chunks);
+            if report.errors.is_empty() {
+                let data_lines = body
+                    .split(|&b| b == b'\n')
+                    .skip(1)
+                    .filter(|line| !line.is_empty() && *line != b"\r")
+                    .count();
+                proptest::prop_assert_eq!(report.rows as usize, data_lines);
+            }
+        }
     }
 }
