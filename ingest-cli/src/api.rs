@@ -238,6 +238,18 @@ impl Coordinator {
 
     /// `GET /batches?limit=N`: the newest batches first.
     pub async fn list(&self, limit: u32) -> anyhow::Result<Vec<BatchStatus>> {
+        self.page(&[("limit", limit.to_string())]).await
+    }
+
+    /// `GET /batches?idempotency_key=K`: the batch submitted with `key`, if the coordinator
+    /// keeps one (it forgets the key of an upload that broke off).
+    pub async fn find_by_key(&self, key: &str) -> anyhow::Result<Option<BatchStatus>> {
+        let batches = self.page(&[("idempotency_key", key.to_string())]).await?;
+        Ok(batches.into_iter().next())
+    }
+
+    /// One page of `GET /batches` with `query`.
+    async fn page(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<BatchStatus>> {
         /// The page `GET /batches` answers.
         #[derive(Deserialize)]
         struct Page {
@@ -247,7 +259,7 @@ impl Coordinator {
         let request = self
             .http
             .get(self.url("/batches"))
-            .query(&[("limit", limit)])
+            .query(query)
             .timeout(READ_TIMEOUT);
         let (status, body) = self.send(request).await?;
         if status != StatusCode::OK {

@@ -9,12 +9,18 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{self, Poll};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_util::io::ReaderStream;
 
 /// Bytes read from the file at a time.
 const READ_BYTES: usize = 64 * 1024;
+
+/// After a broken upload, how long the coordinator gets to notice the break and settle the batch.
+const SETTLE_WITHIN: Duration = Duration::from_secs(30);
+
+/// How often to look in the meantime.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
 
 /// What to submit and how.
 pub struct Submission<'a> {
@@ -95,28 +101,35 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
 
 /// Asks for the batch of `key` after the upload broke off. The coordinator stops reading a body
 /// it does not need (a file refused early, a repeated key), answers and closes; the close can
-/// reset the connection before its answer is read. Submitting the same key again with an empty
-/// body answers with that batch without reading the body. When the key is `ours` (made for this
-/// run), the batch is this upload's; a key given by the user may belong to an earlier submit.
+/// reset the connection before its answer is read, so the batch may exist with an answer we
+/// lost. An upload the coordinator saw break off fails and its key is released: no batch answers
+/// to the key then, and the break is the answer (submitting again with the same key is safe).
+/// When the key is `ours` (made for this run), its batch is this upload's; a key given by the
+/// user may belong to an earlier submit.
 async fn recover(
     api: &Coordinator,
     key: &str,
     ours: bool,
     broken: anyhow::Error,
 ) -> anyhow::Result<Submitted> {
-    let probe = api.submit(reqwest::Body::from(Vec::new()), false, Some(key));
-    match probe.await {
-        Ok(Submitted::Repeated(status)) if ours => {
-            if matches!(status.state.as_str(), "failed" | "cancelled") {
-                Ok(Submitted::Refused(status))
-            } else {
-                Ok(Submitted::Accepted(status))
+    let deadline = Instant::now() + SETTLE_WITHIN;
+    loop {
+        let Ok(found) = api.find_by_key(key).await else {
+            return Err(broken);
+        };
+        match found {
+            None => return Err(broken),
+            // The coordinator has not seen the end of the upload yet: give it a moment.
+            Some(status) if status.state == "receiving" && Instant::now() < deadline => {
+                tokio::time::sleep(SETTLE_POLL).await;
             }
+            Some(status) if status.state == "receiving" => return Err(broken),
+            Some(status) if !ours => return Ok(Submitted::Repeated(status)),
+            Some(status) if matches!(status.state.as_str(), "failed" | "cancelled") => {
+                return Ok(Submitted::Refused(status))
+            }
+            Some(status) => return Ok(Submitted::Accepted(status)),
         }
-        Ok(Submitted::Repeated(status)) => Ok(Submitted::Repeated(status)),
-        // The coordinator never saw the upload (the empty probe became a batch of its own and
-        // was refused as empty): the break is the answer.
-        _ => Err(broken),
     }
 }
 

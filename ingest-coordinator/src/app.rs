@@ -135,7 +135,9 @@ async fn recover(state: &AppState) -> anyhow::Result<()> {
     };
     for batch_id in interrupted {
         let reason = "the upload was interrupted by a coordinator restart; submit the file again";
-        state.end_batch(batch_id, &Ending::failed(reason)).await?;
+        state
+            .end_batch(batch_id, &Ending::upload_lost(reason))
+            .await?;
         tracing::warn!(batch_id, "failed a batch whose upload was cut off");
     }
     redrive::redrive(state, 0.0).await?;

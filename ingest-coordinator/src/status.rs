@@ -181,9 +181,13 @@ pub struct ListQuery {
     limit: Option<i64>,
     /// Only batches with a smaller id (the `next` cursor of the previous page).
     before: Option<i64>,
+    /// Only the batch submitted with this `Idempotency-Key` (how a client whose upload broke
+    /// off finds out whether the coordinator kept it).
+    idempotency_key: Option<String>,
 }
 
-/// `GET /batches`: newest first, paginated with `limit` and `before`.
+/// `GET /batches`: newest first, paginated with `limit` and `before`, optionally only the batch
+/// of one `idempotency_key`.
 pub async fn list_batches(
     State(app): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -195,10 +199,16 @@ pub async fn list_batches(
     }
     let before = query.before.unwrap_or(i64::MAX);
     let client = app.pool.get().await?;
-    let sql = format!("{SELECT} WHERE b.id < $1 GROUP BY b.id ORDER BY b.id DESC LIMIT $2");
-    let rows = client.query(&sql, &[&before, &limit]).await?;
+    let sql = format!(
+        "{SELECT} WHERE b.id < $1 AND ($3::text IS NULL OR b.idempotency_key = $3)
+         GROUP BY b.id ORDER BY b.id DESC LIMIT $2"
+    );
+    let rows = client
+        .query(&sql, &[&before, &limit, &query.idempotency_key])
+        .await?;
     let batches: Vec<BatchStatus> = rows.iter().map(from_row).collect();
-    let next = (batches.len() as i64 == limit)
+    // A key names at most one batch: no next page then.
+    let next = (query.idempotency_key.is_none() && batches.len() as i64 == limit)
         .then(|| {
             batches
                 .last()

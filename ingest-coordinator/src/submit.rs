@@ -50,7 +50,8 @@ pub async fn submit(
         Ok(report) => report,
         Err(error) => {
             let reason = format!("the batch could not be published: {error:#}");
-            app.end_batch(batch_id, &Ending::failed(reason)).await?;
+            app.end_batch(batch_id, &Ending::upload_lost(reason))
+                .await?;
             return Err(ApiError::from(error));
         }
     };
@@ -199,6 +200,7 @@ fn ending(report: &SplitReport) -> Ending {
         errors: serde_json::to_value(&report.errors).unwrap_or_default(),
         bytes_received: Some(report.bytes_received as i64),
         content_sha256: (!report.sha256.is_empty()).then(|| report.sha256.clone()),
+        release_key: matches!(report.cutoff, Some(Cutoff::Interrupted(_))),
     }
 }
 

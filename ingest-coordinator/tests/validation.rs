@@ -1009,6 +1009,75 @@ async fn an_idempotency_key_makes_a_retry_safe_and_duplicates_are_flagged() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_broke_off_fails_and_frees_its_key_for_the_retry() {
+    let env = TestEnv::start(Options::default()).await;
+    let key = "upload-broken-then-retried";
+    let lookup = format!("/batches?idempotency_key={key}");
+    let body = format!("{HEADER}{}", GOOD.repeat(400));
+
+    // Send half of the file, wait until the coordinator holds the batch, then break the upload.
+    let (frames, received) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let stream = futures_util::stream::unfold(received, |mut received| async move {
+        received.recv().await.map(|frame| (frame, received))
+    });
+    let upload = env
+        .http
+        .post(format!("{}/batches", env.base))
+        .header("content-type", "text/csv")
+        .header("idempotency-key", key)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send();
+    let upload = tokio::spawn(upload);
+    let half = body.len() / 2;
+    frames
+        .send(Ok(bytes::Bytes::copy_from_slice(&body.as_bytes()[..half])))
+        .await
+        .unwrap();
+    env.wait_until("the batch to be receiving", FINAL_WITHIN, || async {
+        let (_, page) = env.get(&lookup).await;
+        page["batches"][0]["state"] == "receiving"
+    })
+    .await;
+    let (_, page) = env.get(&lookup).await;
+    let broken_id = batch_id(&page["batches"][0]);
+    frames
+        .send(Err(std::io::Error::other("the client's network went away")))
+        .await
+        .unwrap();
+    assert!(
+        upload.await.unwrap().is_err(),
+        "the client sees its upload fail"
+    );
+
+    let status = env.wait_final(broken_id, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let (_, page) = env.get(&lookup).await;
+    assert_eq!(
+        page["batches"],
+        serde_json::json!([]),
+        "the key of a broken upload is released"
+    );
+    assert_eq!(env.prices_count().await, 0);
+    assert_eq!(env.unattached_staging_tables().await, 0);
+
+    // The client retries with the same key: a new batch, loaded once.
+    let (code, retried) = env
+        .submit_with(body.clone(), &[("idempotency-key", key)])
+        .await;
+    assert_eq!(code, 202, "{retried:#}");
+    let retried_id = batch_id(&retried);
+    assert_ne!(retried_id, broken_id);
+    let status = env.wait_final(retried_id, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+    let (code, again) = env.submit_with(body, &[("idempotency-key", key)]).await;
+    assert_eq!(code, 200, "{again:#}");
+    assert_eq!(batch_id(&again), retried_id);
+    let (_, page) = env.get(&lookup).await;
+    assert_eq!(page["batches"][0]["id"], retried_id);
+    assert_eq!(env.prices_count().await, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_and_cancel_need_the_token_and_status_does_not() {
     let env = TestEnv::start(Options {
         token: Some("s3cret".into()),

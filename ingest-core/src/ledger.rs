@@ -94,6 +94,10 @@ pub struct Ending {
     pub bytes_received: Option<i64>,
     /// The upload's SHA-256, when known.
     pub content_sha256: Option<String>,
+    /// The upload never arrived whole (cut off, or the coordinator could not take it): its
+    /// `Idempotency-Key` is released, so the client's retry with the same key is a new submit.
+    /// Refused content keeps its key: a retry of the same request gets the same refusal.
+    pub release_key: bool,
 }
 
 impl Ending {
@@ -106,6 +110,15 @@ impl Ending {
             errors: serde_json::Value::Array(Vec::new()),
             bytes_received: None,
             content_sha256: None,
+            release_key: false,
+        }
+    }
+
+    /// A failure of the upload itself, not of its content: the key is released.
+    pub fn upload_lost(error: impl Into<String>) -> Ending {
+        Ending {
+            release_key: true,
+            ..Ending::failed(error)
         }
     }
 }
@@ -127,6 +140,7 @@ pub async fn end_batch(
             "UPDATE batches SET state = $2, error = $3, error_count = $4, errors = $5,
                     bytes_received = coalesce($6, bytes_received),
                     content_sha256 = coalesce($7, content_sha256),
+                    idempotency_key = CASE WHEN $8 THEN NULL ELSE idempotency_key END,
                     finished_at = now()
              WHERE id = $1 AND state IN ('receiving', 'loading', 'committing')",
             &[
@@ -137,6 +151,7 @@ pub async fn end_batch(
                 &ending.errors,
                 &ending.bytes_received,
                 &ending.content_sha256,
+                &ending.release_key,
             ],
         )
         .await?;
