@@ -4,39 +4,11 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::process::{peak_rss_kib, CoordinatorProcess};
 use support::{rates_file, Options, TestEnv};
 
 const ROWS: u64 = 2_000_000;
-
-/// Kills the coordinator process whatever happens in the test.
-struct Coordinator(Child);
-
-impl Drop for Coordinator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Peak resident memory of a process, in KiB (`VmHWM`).
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_million_rows_stream_through_in_bounded_memory() {
@@ -46,37 +18,13 @@ async fn two_million_rows_stream_through_in_bounded_memory() {
         ..Options::default()
     })
     .await;
-    let spool = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ingest-coordinator"))
-        .env("DATABASE_URL", &env.database_url)
-        .env("AMQP_URL", support::amqp_url())
-        .env("INGEST_QUEUE", &env.queue)
-        .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("INGEST_SPOOL_DIR", spool.path())
-        .env("INGEST_CHUNK_ROWS", "20000")
-        .env("INGEST_COMMIT_POLL_MS", "50")
-        .env_remove("INGEST_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start ingest-coordinator");
-    let coordinator = Coordinator(child);
-    env.base = format!("http://127.0.0.1:{port}");
-    env.wait_until(
-        "the coordinator to be ready",
-        Duration::from_secs(60),
-        || async {
-            env.http
-                .get(format!("{}/readyz", env.base))
-                .send()
-                .await
-                .map(|response| response.status().is_success())
-                .unwrap_or(false)
-        },
+    let coordinator = CoordinatorProcess::start(
+        env!("CARGO_BIN_EXE_ingest-coordinator"),
+        &mut env,
+        &[("INGEST_CHUNK_ROWS", "20000")],
     )
     .await;
-    let idle_kib = peak_rss_kib(coordinator.0.id());
+    let idle_kib = peak_rss_kib(coordinator.pid());
 
     let codes = rates_file::port_codes(&support::data_dir());
     let file_bytes = rates_file::whole(&codes, 3, 1_000).len() as u64 * ROWS / 1_000;
@@ -88,7 +36,7 @@ async fn two_million_rows_stream_through_in_bounded_memory() {
     let id = accepted["id"].as_i64().unwrap();
     let status = env.wait_final(id, Duration::from_secs(600)).await;
     assert_eq!(status["state"], "committed", "{status:#}");
-    let peak_kib = peak_rss_kib(coordinator.0.id());
+    let peak_kib = peak_rss_kib(coordinator.pid());
     println!(
         "{ROWS} rows ({} MiB) in {:.1} s; coordinator peak RSS {} MiB (idle {} MiB)",
         file_bytes >> 20,

@@ -2,7 +2,10 @@
 //! (filtered by `RUST_LOG`), and SIGINT or SIGTERM asks for a graceful stop. One definition, so
 //! the coordinator and the workers cannot drift apart.
 
-/// Sends logs to stderr; `RUST_LOG` filters them (default: `info`, lapin's chatter at `warn`).
+use std::io::IsTerminal;
+
+/// Sends logs to stderr (coloured only on a terminal); `RUST_LOG` filters them (default: `info`,
+/// lapin's chatter at `warn`).
 pub fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -10,6 +13,7 @@ pub fn init_logs() {
                 .unwrap_or_else(|_| "info,lapin=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -3,6 +3,7 @@
 //! PostgreSQL and RabbitMQ; everything is removed again when the environment is dropped.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod rates_file;
 
 use ingest_coordinator::app::{self, Running};

@@ -1,0 +1,134 @@
+//! The real `ingest-coordinator` binary as a child process on a test environment's database and
+//! queue, for tests about the process itself: its memory, its logs, its start-up refusals, its
+//! signals. Its stderr goes to a file the test can read; it is killed if the test ends early.
+
+use super::TestEnv;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running coordinator process.
+pub struct CoordinatorProcess {
+    child: Child,
+    logs: tempfile::NamedTempFile,
+    _spool: tempfile::TempDir,
+}
+
+impl CoordinatorProcess {
+    /// The command for `exe` (pass `env!("CARGO_BIN_EXE_ingest-coordinator")`) on `env`'s
+    /// database and queue, listening on `port`, with no token and quiet logs unless `settings`
+    /// say otherwise. Returns the command and its spool directory.
+    pub fn command(
+        exe: &str,
+        env: &TestEnv,
+        port: u16,
+        settings: &[(&str, &str)],
+    ) -> (Command, tempfile::TempDir) {
+        let spool = tempfile::tempdir().expect("spool dir");
+        let mut command = Command::new(exe);
+        command
+            .env("DATABASE_URL", &env.database_url)
+            .env("AMQP_URL", super::amqp_url())
+            .env("INGEST_QUEUE", &env.queue)
+            .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
+            .env("INGEST_SPOOL_DIR", spool.path())
+            .env("INGEST_COMMIT_POLL_MS", "50")
+            .env("RUST_LOG", "warn")
+            .env_remove("INGEST_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        for (name, value) in settings {
+            command.env(name, value);
+        }
+        (command, spool)
+    }
+
+    /// Starts the coordinator, points `env` at it and waits until it is ready.
+    pub async fn start(exe: &str, env: &mut TestEnv, settings: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let (mut command, spool) = Self::command(exe, env, port, settings);
+        let logs = tempfile::NamedTempFile::new().expect("log file");
+        command.stderr(logs.reopen().expect("log file"));
+        let child = command.spawn().expect("start ingest-coordinator");
+        let process = CoordinatorProcess {
+            child,
+            logs,
+            _spool: spool,
+        };
+        env.base = format!("http://127.0.0.1:{port}");
+        env.wait_until(
+            "the coordinator to be ready",
+            Duration::from_secs(60),
+            || async {
+                env.http
+                    .get(format!("{}/readyz", env.base))
+                    .send()
+                    .await
+                    .map(|response| response.status().is_success())
+                    .unwrap_or(false)
+            },
+        )
+        .await;
+        process
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.logs.path()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        wait_exit(&mut self.child, within)
+    }
+}
+
+impl Drop for CoordinatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit, at most `within` (then panics).
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not exit in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Peak resident memory of a process, in KiB (`VmHWM`).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
