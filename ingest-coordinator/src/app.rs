@@ -5,7 +5,7 @@
 use crate::api_error::ApiError;
 use crate::config::Config;
 use crate::spool::Spool;
-use crate::{auth, cancel, commit, redrive, status, submit};
+use crate::{auth, cancel, commit, redrive, status, submit, unread_body};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -169,6 +169,10 @@ pub fn router(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            unread_body::answer_after_body,
+        ))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

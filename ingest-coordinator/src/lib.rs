@@ -9,6 +9,7 @@
 //! - [`commit`]: makes a fully loaded batch visible at once;
 //! - [`redrive`]: hands failed or lost chunks out again;
 //! - [`status`], [`cancel`]: the rest of the API; [`auth`] protects what mutates;
+//! - [`unread_body`]: a refused request is answered after its unread body, not with a reset;
 //! - [`seed`]: loads the reference data; [`app`] wires it all; [`config`] reads the settings.
 
 pub mod api_error;
@@ -26,3 +27,4 @@ pub mod split;
 pub mod spool;
 pub mod status;
 pub mod submit;
+pub mod unread_body;

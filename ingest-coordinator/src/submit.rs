@@ -37,7 +37,7 @@ pub async fn submit(
         match ledger::create_batch(&mut client, key.as_deref()).await? {
             NewBatch::Created(id) => id,
             NewBatch::Existing(id) => {
-                drain(body, app.config.max_body_bytes).await;
+                // The rest of the body is read and dropped by `unread_body` before this answer.
                 let status = status::fetch(&client, id)
                     .await?
                     .ok_or(ApiError::no_batch(id))?;
@@ -85,44 +85,24 @@ async fn receive(
     let publish = tokio::spawn(publish::publish_batch(app.clone(), batch_id, chunks_rx));
 
     let mut frames = body.into_data_stream();
-    let mut stopped_early = false;
     while let Some(frame) = frames.next().await {
         let frame = frame.map_err(|error| io::Error::new(io::ErrorKind::ConnectionAborted, error));
         if frame.is_err() {
             let _ = frames_tx.send(frame).await;
             break;
         }
-        // A closed channel means split stopped reading (a fatal error or the error limit).
+        // A closed channel means split stopped reading (a fatal error or the error limit); the
+        // rest of the body is read and dropped by `unread_body` before the answer goes out.
         if frames_tx.send(frame).await.is_err() {
-            stopped_early = true;
             break;
         }
     }
     drop(frames_tx);
+    drop(frames);
     let report = split.await?;
-    if stopped_early && report.cutoff != Some(Cutoff::TooLarge) {
-        // Read the rest so the client, still sending, gets the answer instead of a reset.
-        drain_stream(frames, app.config.max_body_bytes).await;
-    }
     let published = publish.await??;
     debug_assert!(published == report.chunks || report.error_count > 0);
     Ok(report)
-}
-
-/// Reads and discards a body the answer does not need (up to `limit` bytes), so that an HTTP
-/// client still sending it receives the response rather than a connection reset.
-async fn drain(body: Body, limit: u64) {
-    drain_stream(body.into_data_stream(), limit).await
-}
-
-async fn drain_stream(mut frames: axum::body::BodyDataStream, limit: u64) {
-    let mut read = 0u64;
-    while let Some(Ok(frame)) = frames.next().await {
-        read += frame.len() as u64;
-        if read > limit {
-            break;
-        }
-    }
 }
 
 /// Records how the upload ended and answers the client.
