@@ -46,6 +46,20 @@ pub struct BatchStatus {
     pub rows_per_second: Option<f64>,
     /// Seconds left at the current rate.
     pub eta_seconds: Option<f64>,
+    /// The last outage a step of the batch rode through.
+    #[serde(default)]
+    pub outage: Option<Outage>,
+}
+
+/// An outage a batch's step met (it is tried again; the batch does not fail for it).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Outage {
+    /// The step (`commit`).
+    pub step: String,
+    /// Which attempt of the step met it.
+    pub attempt: i64,
+    /// What went wrong.
+    pub reason: String,
 }
 
 impl BatchStatus {

@@ -184,6 +184,9 @@ fn summary(status: &BatchStatus) -> String {
     if let Some(eta) = eta(status) {
         parts.push(format!("ETA {}", short_duration(eta)));
     }
+    if let Some(outage) = outage(status) {
+        parts.push(outage);
+    }
     parts.join(" · ")
 }
 
@@ -202,7 +205,21 @@ fn plain_line(status: &BatchStatus) -> String {
     if let Some(eta) = eta(status) {
         line.push_str(&format!(", ETA {}", short_duration(eta)));
     }
+    if let Some(outage) = outage(status) {
+        line.push_str(&format!(", {outage}"));
+    }
     line
+}
+
+/// `commit attempt 2 met an outage: …`, while the step is still being retried.
+fn outage(status: &BatchStatus) -> Option<String> {
+    let outage = status.outage.as_ref()?;
+    (status.state == "committing" && outage.step == "commit").then(|| {
+        format!(
+            "{} attempt {} met an outage, retrying: {}",
+            outage.step, outage.attempt, outage.reason
+        )
+    })
 }
 
 /// The ETA while rows are left to load (the coordinator says 0 during the commit).

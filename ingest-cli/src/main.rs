@@ -54,6 +54,10 @@ enum Command {
         /// Return once the file is accepted instead of following the batch.
         #[arg(long)]
         no_wait: bool,
+        /// While the coordinator cannot take the file (unreachable, restarting, 5xx), send it
+        /// again with the same Idempotency-Key for up to this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+        retry_for: u64,
         #[command(flatten)]
         follow: FollowArgs,
     },
@@ -132,12 +136,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             gzip,
             idempotency_key,
             no_wait,
+            retry_for,
             follow,
         } => {
             let submission = submit::Submission {
                 file: &file,
                 gzip,
                 idempotency_key: idempotency_key.as_deref(),
+                retry_for: Duration::from_secs(retry_for),
             };
             let status = submit::submit(&api, &submission).await?;
             if status.is_final() {

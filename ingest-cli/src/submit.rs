@@ -19,6 +19,12 @@ const READ_BYTES: usize = 64 * 1024;
 /// After a broken upload, how long the coordinator gets to notice the break and settle the batch.
 const SETTLE_WITHIN: Duration = Duration::from_secs(30);
 
+/// The first pause before an upload is sent again; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+/// The longest pause between two uploads.
+const MAX_PAUSE: Duration = Duration::from_secs(15);
+
 /// How often to look in the meantime.
 const SETTLE_POLL: Duration = Duration::from_millis(200);
 
@@ -31,41 +37,42 @@ pub struct Submission<'a> {
     /// Makes a retried submit return the earlier batch instead of loading the file twice. When
     /// none is given one is made up, so that an upload whose answer was lost can be found again.
     pub idempotency_key: Option<&'a str>,
+    /// How long to keep sending the file again while the coordinator cannot take it.
+    pub retry_for: Duration,
 }
 
 /// Submits the file and reports the answer; returns the batch's status (a refused file is an
-/// error, after its input errors are printed).
+/// error, after its input errors are printed). An upload that broke off, found no coordinator or
+/// got a 5xx is sent again with the same Idempotency-Key — once the coordinator says it kept no
+/// batch for the key — with growing pauses, for up to `retry_for`.
 pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::Result<BatchStatus> {
-    let path = submission.file;
-    let file = tokio::fs::File::open(path)
-        .await
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let metadata = file
-        .metadata()
-        .await
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    anyhow::ensure!(!metadata.is_dir(), "{} is a directory", path.display());
-
-    // Pipes and other special files have no length: the bar becomes a byte counter.
-    let size = metadata.is_file().then_some(metadata.len());
-    let uploading = upload_bar(path, size);
-    let reader = Counted {
-        inner: file,
-        bar: uploading.clone(),
-    };
-    let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(reader, READ_BYTES));
-    let gzip = submission.gzip || path.extension().is_some_and(|ext| ext == "gz");
     let key = submission
         .idempotency_key
         .map_or_else(fresh_key, str::to_string);
-    let answer = api.submit(body, gzip, Some(&key)).await;
-    uploading.finish_and_clear();
-    let answer = match answer {
-        Err(error) if broke_off(&error) => {
-            let ours = submission.idempotency_key.is_none();
-            recover(api, &key, ours, error).await?
+    let ours = submission.idempotency_key.is_none();
+    let deadline = Instant::now() + submission.retry_for;
+    let mut pause = FIRST_PAUSE;
+    let answer = loop {
+        let error = match upload(api, submission, &key).await {
+            Ok(answer) => break answer,
+            Err(error) if is_transient(&error) => error,
+            Err(error) => return Err(error),
+        };
+        // The coordinator may have kept the upload (an answer lost on the way back) or be
+        // settling it: ask by key before sending the file again.
+        if let Some(answer) = settled(api, &key, ours).await {
+            break answer;
         }
-        answer => answer?,
+        if Instant::now() + pause > deadline {
+            return Err(error);
+        }
+        eprintln!(
+            "ingest: {}; sending the file again in {} s (same Idempotency-Key)",
+            one_line(&error),
+            pause.as_secs()
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_PAUSE);
     };
 
     match answer {
@@ -99,44 +106,76 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
     }
 }
 
-/// Asks for the batch of `key` after the upload broke off. The coordinator stops reading a body
-/// it does not need (a file refused early, a repeated key), answers and closes; the close can
-/// reset the connection before its answer is read, so the batch may exist with an answer we
-/// lost. An upload the coordinator saw break off fails and its key is released: no batch answers
-/// to the key then, and the break is the answer (submitting again with the same key is safe).
-/// When the key is `ours` (made for this run), its batch is this upload's; a key given by the
-/// user may belong to an earlier submit.
-async fn recover(
+/// One upload of the whole file, streamed from disk with a bar.
+async fn upload(
     api: &Coordinator,
+    submission: &Submission<'_>,
     key: &str,
-    ours: bool,
-    broken: anyhow::Error,
 ) -> anyhow::Result<Submitted> {
+    let path = submission.file;
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .await
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    anyhow::ensure!(!metadata.is_dir(), "{} is a directory", path.display());
+
+    // Pipes and other special files have no length: the bar becomes a byte counter.
+    let size = metadata.is_file().then_some(metadata.len());
+    let uploading = upload_bar(path, size);
+    let reader = Counted {
+        inner: file,
+        bar: uploading.clone(),
+    };
+    let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(reader, READ_BYTES));
+    let gzip = submission.gzip || path.extension().is_some_and(|ext| ext == "gz");
+    let answer = api.submit(body, gzip, Some(key)).await;
+    uploading.finish_and_clear();
+    answer
+}
+
+/// Asks for the batch of `key` after an upload failed on the way. The coordinator stops reading
+/// a body it does not need (a file refused early, a repeated key), answers and closes; the close
+/// can reset the connection before its answer is read, so the batch may exist with an answer we
+/// lost. An upload the coordinator saw break off, or gave up on, fails and its key is released:
+/// no batch answers to the key then (`None`), and sending the file again with the same key is
+/// safe. When the key is `ours` (made for this run), its batch is this upload's; a key given by
+/// the user may belong to an earlier submit.
+async fn settled(api: &Coordinator, key: &str, ours: bool) -> Option<Submitted> {
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
-        let Ok(found) = api.find_by_key(key).await else {
-            return Err(broken);
-        };
+        let found = api.find_by_key(key).await.ok()??;
         match found {
-            None => return Err(broken),
             // The coordinator has not seen the end of the upload yet: give it a moment.
-            Some(status) if status.state == "receiving" && Instant::now() < deadline => {
+            status if status.state == "receiving" && Instant::now() < deadline => {
                 tokio::time::sleep(SETTLE_POLL).await;
             }
-            Some(status) if status.state == "receiving" => return Err(broken),
-            Some(status) if !ours => return Ok(Submitted::Repeated(status)),
-            Some(status) if matches!(status.state.as_str(), "failed" | "cancelled") => {
-                return Ok(Submitted::Refused(status))
+            status if status.state == "receiving" => return None,
+            status if !ours => return Some(Submitted::Repeated(status)),
+            status if matches!(status.state.as_str(), "failed" | "cancelled") => {
+                return Some(Submitted::Refused(status))
             }
-            Some(status) => return Ok(Submitted::Accepted(status)),
+            status => return Some(Submitted::Accepted(status)),
         }
     }
 }
 
-/// True when the connection broke after the request was sent, so the coordinator may have an
-/// answer that was lost.
-fn broke_off(error: &anyhow::Error) -> bool {
-    matches!(error.downcast_ref::<Failure>(), Some(Failure::BrokeOff(_)))
+/// True when the coordinator may take the upload if it is sent again: the connection broke or
+/// could not be made, or the coordinator answered 5xx.
+fn is_transient(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<Failure>()
+        .is_some_and(Failure::is_transient)
+}
+
+/// An error as one line.
+fn one_line(error: &anyhow::Error) -> String {
+    format!("{error:#}")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A key unique to this run, so a broken-off upload can be found again.

@@ -1,9 +1,13 @@
 //! Errors as the HTTP API shows them: a status code and a JSON body
-//! `{"error": {"code": "...", "message": "..."}}`. Nothing reaches a client as a bare 500 page.
+//! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`. Nothing reaches a client as
+//! a bare 500 page, and no internal text (a database's message, a host name) reaches a client:
+//! an outage is logged in full with the request id, and answered with 503 and that id.
 
+use crate::request_id;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use ingest_core::fault::Fault;
 use serde_json::json;
 
 /// An error response.
@@ -36,34 +40,60 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
+
+    /// 503: a dependency is away. `what` (full detail) goes to the log only.
+    pub fn unavailable(what: &str) -> ApiError {
+        tracing::error!(error = what, "request failed: a dependency is unavailable");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the coordinator cannot reach PostgreSQL, RabbitMQ or its spool right now; \
+             nothing was loaded, try again later",
+        )
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(id) = request_id::current() {
+            error["request_id"] = json!(id);
+            if self.status.is_server_error() {
+                error["message"] = json!(format!("{} (request {id})", self.message));
+            }
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+impl From<Fault> for ApiError {
+    fn from(fault: Fault) -> ApiError {
+        match fault {
+            Fault::Outage(reason) => ApiError::unavailable(&reason),
+            Fault::Refused(reason) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "refused", reason)
+            }
+        }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> ApiError {
-        tracing::error!(error = format!("{error:#}"), "request failed");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            format!("{error:#}"),
-        )
+        match error.downcast::<Fault>() {
+            Ok(fault) => ApiError::from(fault),
+            Err(error) => ApiError::unavailable(&format!("{error:#}")),
+        }
     }
 }
 
 impl From<tokio_postgres::Error> for ApiError {
     fn from(error: tokio_postgres::Error) -> ApiError {
-        ApiError::from(anyhow::Error::new(error).context("PostgreSQL"))
+        ApiError::from(Fault::from(error))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for ApiError {
     fn from(error: deadpool_postgres::PoolError) -> ApiError {
-        ApiError::from(anyhow::Error::new(error).context("PostgreSQL pool"))
+        ApiError::from(Fault::from(error))
     }
 }

@@ -4,18 +4,21 @@
 
 use crate::api_error::ApiError;
 use crate::config::Config;
+use crate::receiving::Receiving;
 use crate::spool::Spool;
-use crate::{auth, cancel, commit, redrive, status, submit, unread_body};
+use crate::{auth, cancel, commit, redrive, request_id, status, submit, unread_body};
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
 use deadpool_postgres::Pool;
+use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending};
 use ingest_core::{broker, db, schema};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,12 +36,14 @@ pub struct AppState {
     pub spool: Spool,
     /// Wakes the commit loop when a batch finished receiving.
     pub commit_wakeup: Arc<Notify>,
+    /// The uploads being read now.
+    pub receiving: Receiving,
 }
 
 impl AppState {
     /// Ends a batch as failed or cancelled (its staged rows dropped) and clears its spool.
     /// False when the batch was already final.
-    pub async fn end_batch(&self, batch_id: i64, ending: &Ending) -> anyhow::Result<bool> {
+    pub async fn end_batch(&self, batch_id: i64, ending: &Ending) -> Result<bool, Fault> {
         let mut client = self.pool.get().await?;
         let ended = ledger::end_batch(&mut client, batch_id, ending).await?;
         if ended {
@@ -56,13 +61,20 @@ pub struct Running {
     pub state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
+    /// Why the coordinator stopped by itself (RabbitMQ lost for good), if it did.
+    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Running {
-    /// Stops accepting requests and the loops, then waits for in-flight requests.
+    /// Stops accepting requests and the loops, then waits for in-flight requests. Err when the
+    /// coordinator had stopped by itself because a dependency was lost for good.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.server.await?
+        self.server.await??;
+        match self.fatal.lock().expect("not poisoned").take() {
+            Some(reason) => Err(anyhow::anyhow!(reason)),
+            None => Ok(()),
+        }
     }
 
     /// Waits until `shutdown` fires, then stops.
@@ -85,7 +97,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     schema::migrate(&mut client).await?;
     drop(client);
     let pool = db::pool(&config.database_url, config.db_pool)?;
-    let amqp = broker::connect(&config.amqp_url, "ingest-coordinator").await?;
+    let amqp = broker::connect(
+        &config.amqp_url,
+        "ingest-coordinator",
+        config.max_pause(),
+        Duration::from_secs(config.ride_through_seconds),
+    )
+    .await?;
     let channel = amqp.create_channel().await?;
     broker::declare(&channel, &config.queue)
         .await
@@ -98,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         pool,
         amqp: Arc::new(amqp),
         commit_wakeup: Arc::new(Notify::new()),
+        receiving: Receiving::default(),
     };
     recover(&state).await?;
 
@@ -108,6 +127,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutdown = CancellationToken::new();
     tokio::spawn(commit::run(state.clone(), shutdown.clone()));
     tokio::spawn(redrive::run(state.clone(), shutdown.clone()));
+    let fatal = Arc::new(Mutex::new(None));
+    tokio::spawn(stop_when_broker_lost(
+        state.amqp.clone(),
+        shutdown.clone(),
+        fatal.clone(),
+    ));
     let app = router(state.clone());
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -122,23 +147,42 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state,
         shutdown,
         server,
+        fatal,
     })
 }
 
-/// Picks up what a stopped coordinator left: uploads cut off fail (the client saw an error and
-/// may resubmit), unconfirmed chunks are published again; interrupted commits are resumed by the
-/// commit loop.
+/// Stops the coordinator, with a reason, once its RabbitMQ connection is lost for good (recovery
+/// ended instead of reconnecting): the binary then exits non-zero and its supervisor restarts it.
+async fn stop_when_broker_lost(
+    amqp: Arc<lapin::Connection>,
+    shutdown: CancellationToken,
+    fatal: Arc<Mutex<Option<String>>>,
+) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        reason = broker::until_lost_for_good(&amqp, None, Duration::from_secs(5)) => {
+            tracing::error!(reason, "stopping: RabbitMQ cannot come back by itself");
+            *fatal.lock().expect("not poisoned") = Some(reason.to_string());
+            shutdown.cancel();
+        }
+    }
+}
+
+/// Picks up what a stopped coordinator left: uploads cut off fail and free their keys (the
+/// client saw an error and may resubmit), spooled chunks of batches that ended are removed,
+/// unconfirmed chunks are published again; interrupted commits are resumed by the commit loop.
 async fn recover(state: &AppState) -> anyhow::Result<()> {
-    let interrupted = {
+    let ended = redrive::sweep_uploads(state, 0.0).await?;
+    if ended > 0 {
+        tracing::warn!(ended, "failed the batches whose upload a restart cut off");
+    }
+    let spooled = state.spool.batches().await?;
+    let over = {
         let client = state.pool.get().await?;
-        ledger::interrupted_uploads(&client).await?
+        ledger::ended_batches(&client, &spooled).await?
     };
-    for batch_id in interrupted {
-        let reason = "the upload was interrupted by a coordinator restart; submit the file again";
-        state
-            .end_batch(batch_id, &Ending::upload_lost(reason))
-            .await?;
-        tracing::warn!(batch_id, "failed a batch whose upload was cut off");
+    for batch_id in over {
+        state.spool.remove_batch(batch_id).await;
     }
     redrive::redrive(state, 0.0).await?;
     Ok(())
@@ -173,6 +217,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             unread_body::answer_after_body,
         ))
+        .layer(middleware::from_fn(request_id::tag))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

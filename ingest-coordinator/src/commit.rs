@@ -1,48 +1,95 @@
 //! Commit: when every chunk of a batch is loaded, the batch becomes visible at once. Its staging
 //! table gets the read index, then one transaction attaches it as a partition of
 //! `prices_by_batch` (PostgreSQL validates both foreign keys in bulk there) and marks the batch
-//! committed. Rows are never copied a second time. A commit interrupted by a stop is resumed by
-//! the next coordinator (`committing` batches are picked up again).
+//! committed. Rows are never copied a second time.
+//!
+//! One coordinator at a time, and safe to repeat after a kill at any point:
+//! 1. `loading → committing` in the ledger (a batch found `committing` is resumed);
+//! 2. the batch's commit lock, a session advisory lock taken without waiting and held until
+//!    after the attach. Another holder is another coordinator committing the batch, or the
+//!    backend of a killed one still building the index (PostgreSQL ends such a backend once it
+//!    notices its client is gone: `client_connection_check_interval`); the batch is tried later;
+//! 3. the read index, if it does not exist yet (a killed build leaves nothing: it is one
+//!    transaction);
+//! 4. one transaction: the batch's row lock, ATTACH PARTITION, `committed`;
+//! 5. the lock released and the spool dropped (spool files a kill leaves here are removed at the
+//!    next start).
+//!
+//! An outage at any step (a lost connection, `57P01`, a deadlock, a full disk, a catalog race)
+//! is retried with growing pauses and noted in the batch's status; only PostgreSQL refusing the
+//! rows (SQLSTATE class 22 or 23 at the index or the attach) fails the batch.
 
 use crate::app::AppState;
 use ingest_core::batch::BatchState;
+use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending};
+use ingest_core::outage::Retries;
 use ingest_core::schema;
 use std::time::Instant;
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+
+/// How soon PostgreSQL checks that a committing coordinator is still there during a long index
+/// build, so the backend of a killed coordinator ends (and frees the commit lock) quickly.
+const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
 
 /// Commits ready batches until `shutdown`, every `commit_poll` or when woken.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.commit_poll());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retries = Retries::new(app.config.max_pause());
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             _ = app.commit_wakeup.notified() => {}
         }
-        if let Err(error) = commit_ready(&app).await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "commit pass failed; will try again"
-            );
+        let ready = match ready_batches(&app).await {
+            Ok(ready) => ready,
+            Err(fault) => {
+                tracing::warn!(%fault, "cannot look for batches to commit; will try again");
+                continue;
+            }
+        };
+        retries.retain(|batch_id| ready.contains(&batch_id));
+        for batch_id in ready {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if !retries.is_due(batch_id) {
+                continue;
+            }
+            match commit_batch(&app, batch_id).await {
+                Ok(_) => retries.forget(batch_id),
+                Err(fault) => {
+                    let attempt = retries.failed(batch_id);
+                    tracing::warn!(batch_id, attempt, %fault, "commit hit an outage; will try again");
+                    note_outage(&app, batch_id, attempt, &fault).await;
+                }
+            }
         }
     }
 }
 
-/// One pass: commits every batch that is ready.
-pub async fn commit_ready(app: &AppState) -> anyhow::Result<()> {
-    let ready = {
-        let client = app.pool.get().await?;
-        ledger::batches_to_commit(&client).await?
-    };
-    for batch_id in ready {
-        commit_batch(app, batch_id).await?;
-    }
-    Ok(())
+/// Batches ready to commit, or whose commit was interrupted.
+async fn ready_batches(app: &AppState) -> Result<Vec<i64>, Fault> {
+    let client = app.pool.get().await?;
+    Ok(ledger::batches_to_commit(&client).await?)
 }
 
-/// What became of one commit.
+/// Puts the outage in the batch's status, if PostgreSQL takes it (it may be the outage).
+async fn note_outage(app: &AppState, batch_id: i64, attempt: i32, fault: &Fault) {
+    let noted = async {
+        let client = app.pool.get().await?;
+        ledger::record_outage(&client, batch_id, "commit", attempt, &fault.to_string()).await?;
+        Ok::<(), Fault>(())
+    };
+    if let Err(error) = noted.await {
+        tracing::debug!(batch_id, %error, "cannot note the outage in the batch's status");
+    }
+}
+
+/// What became of one commit attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
     /// The batch is visible.
@@ -51,10 +98,13 @@ pub enum Committed {
     Refused,
     /// Someone else moved the batch on (another coordinator, a cancel).
     Skipped,
+    /// Another session holds the batch's commit lock: tried again later.
+    Busy,
 }
 
-/// Commits one batch whose chunks are all loaded (or whose commit was interrupted).
-pub async fn commit_batch(app: &AppState, batch_id: i64) -> anyhow::Result<Committed> {
+/// Commits one batch whose chunks are all loaded (or whose commit was interrupted). Err is an
+/// outage: nothing is decided, the caller tries again later.
+pub async fn commit_batch(app: &AppState, batch_id: i64) -> Result<Committed, Fault> {
     let started = Instant::now();
     let mut client = app.pool.get().await?;
     // A `loading` batch is claimed; a `committing` one (an interrupted commit) is resumed.
@@ -63,52 +113,73 @@ pub async fn commit_batch(app: &AppState, batch_id: i64) -> anyhow::Result<Commi
     {
         return Ok(Committed::Skipped);
     }
-    if let Err(error) = client
-        .batch_execute(&schema::index_staging_sql(batch_id))
-        .await
-    {
-        return refuse(app, batch_id, "building the batch's index", error).await;
+    client.batch_execute(CLIENT_CHECK).await?;
+    if !ledger::try_lock_commit(&client, batch_id).await? {
+        tracing::info!(batch_id, "another session holds the commit lock; later");
+        return Ok(Committed::Busy);
     }
-    let tx = client.transaction().await?;
-    let state = ledger::lock_batch(&tx, batch_id).await?;
-    if state != Some(BatchState::Committing) {
+    let result = commit_locked(&mut client, batch_id, started).await;
+    if ledger::unlock_commit(&client, batch_id).await.is_err() {
+        // The session is broken or confused: close it rather than pool it, and the lock ends
+        // with it.
+        drop(deadpool_postgres::Object::take(client));
+    } else {
+        drop(client);
+    }
+    match result {
+        Ok(Committed::Visible) => {
+            app.spool.remove_batch(batch_id).await;
+            tracing::info!(
+                batch_id,
+                seconds = started.elapsed().as_secs_f64(),
+                "batch committed"
+            );
+            Ok(Committed::Visible)
+        }
+        Err(Fault::Refused(reason)) => {
+            tracing::warn!(batch_id, %reason, "commit refused");
+            app.end_batch(batch_id, &Ending::failed(reason)).await?;
+            Ok(Committed::Refused)
+        }
+        other => other,
+    }
+}
+
+/// Steps 3 and 4, under the commit lock.
+async fn commit_locked(
+    client: &mut Client,
+    batch_id: i64,
+    started: Instant,
+) -> Result<Committed, Fault> {
+    // Under the lock, look again: another coordinator may have finished it meanwhile.
+    if ledger::batch_state(client, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Committed::Skipped);
     }
-    if let Err(error) = tx.batch_execute(&schema::attach_sql(batch_id)).await {
-        drop(tx);
-        return refuse(app, batch_id, "attaching the batch to prices", error).await;
+    client
+        .batch_execute(&schema::index_staging_sql(batch_id))
+        .await
+        .map_err(|error| step_fault("building the batch's index", &error))?;
+    let tx = client.transaction().await?;
+    if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
+        return Ok(Committed::Skipped);
     }
+    tx.batch_execute(&schema::attach_sql(batch_id))
+        .await
+        .map_err(|error| step_fault("attaching the batch to prices", &error))?;
     let seconds = started.elapsed().as_secs_f64();
     if !ledger::finish_commit(&tx, batch_id, seconds).await? {
         return Ok(Committed::Skipped);
     }
-    tx.commit().await?;
-    app.spool.remove_batch(batch_id).await;
-    tracing::info!(batch_id, seconds, "batch committed");
+    tx.commit()
+        .await
+        .map_err(|error| step_fault("committing the attach", &error))?;
     Ok(Committed::Visible)
 }
 
-/// Fails a batch whose rows PostgreSQL refused, with PostgreSQL's reason.
-async fn refuse(
-    app: &AppState,
-    batch_id: i64,
-    step: &str,
-    error: tokio_postgres::Error,
-) -> anyhow::Result<Committed> {
-    let Some(db_error) = error.as_db_error() else {
-        // Not the data's fault (a lost connection): the next pass tries again.
-        return Err(anyhow::Error::new(error).context(step.to_string()));
-    };
-    let reason = format!(
-        "{step} failed: {} (SQLSTATE {}){}",
-        db_error.message(),
-        db_error.code().code(),
-        db_error
-            .detail()
-            .map(|detail| format!(": {detail}"))
-            .unwrap_or_default()
-    );
-    tracing::warn!(batch_id, %reason, "commit refused");
-    app.end_batch(batch_id, &Ending::failed(reason)).await?;
-    Ok(Committed::Refused)
+/// A failed commit step, by kind, with the step named.
+fn step_fault(step: &str, error: &tokio_postgres::Error) -> Fault {
+    match Fault::of_rows(error) {
+        Fault::Refused(reason) => Fault::Refused(format!("{step} failed: {reason}")),
+        Fault::Outage(reason) => Fault::Outage(format!("{step}: {reason}")),
+    }
 }

@@ -2,13 +2,15 @@
 //! variables as fallbacks, defaults that work on a machine with local PostgreSQL and RabbitMQ.
 
 use clap::Parser;
+use ingest_core::outage::Patience;
 use ingest_core::{broker, db};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Everything the coordinator needs to know.
-#[derive(Debug, Clone, Parser)]
+/// Everything the coordinator needs to know. Its `Debug` leaves the token out.
+#[derive(Clone, Parser)]
 pub struct Config {
     /// PostgreSQL primary.
     #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
@@ -54,9 +56,24 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_ERRORS", default_value_t = 100)]
     pub max_errors: usize,
 
-    /// Attempts per chunk before its batch fails.
+    /// Attempts per chunk whose rows PostgreSQL refused before its batch fails (attempts lost to
+    /// an outage or a killed worker do not count).
     #[arg(long, env = "INGEST_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: i32,
+
+    /// How long an upload waits for PostgreSQL, RabbitMQ or the spool to come back (reading no
+    /// more of the body meanwhile) before the batch fails with 503, in seconds.
+    #[arg(long, env = "INGEST_RIDE_THROUGH_SECONDS", default_value_t = 120)]
+    pub ride_through_seconds: u64,
+
+    /// The longest pause between two tries of a step that hit an outage, in milliseconds.
+    #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
+    pub backoff_max_ms: u64,
+
+    /// A chunk recorded but not confirmed by RabbitMQ, or queued with no worker's claim while the
+    /// queue holds nothing ready, is handed out again after this many seconds.
+    #[arg(long, env = "INGEST_REDRIVE_AFTER_SECONDS", default_value_t = 30.0)]
+    pub redrive_after_seconds: f64,
 
     /// How often the coordinator looks for batches ready to commit, in milliseconds.
     #[arg(long, env = "INGEST_COMMIT_POLL_MS", default_value_t = 200)]
@@ -82,7 +99,7 @@ impl Config {
         Config::parse_from(["ingest-coordinator"])
     }
 
-    /// Refuses settings that would be unsafe or cannot work.
+    /// Refuses settings that would be unsafe, lose data or cannot work, with one line.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
             anyhow::bail!(
@@ -93,10 +110,59 @@ impl Config {
         if self.token.as_deref() == Some("") {
             anyhow::bail!("INGEST_TOKEN is set but empty");
         }
-        if self.chunk_rows == 0 {
-            anyhow::bail!("--chunk-rows must be at least 1");
+        let at_least_one = [
+            ("--chunk-rows (INGEST_CHUNK_ROWS)", self.chunk_rows as u64),
+            ("--max-errors (INGEST_MAX_ERRORS)", self.max_errors as u64),
+            (
+                "--max-body-bytes (INGEST_MAX_BODY_BYTES)",
+                self.max_body_bytes,
+            ),
+            (
+                "--max-line-bytes (INGEST_MAX_LINE_BYTES)",
+                self.max_line_bytes as u64,
+            ),
+            (
+                "--commit-poll-ms (INGEST_COMMIT_POLL_MS)",
+                self.commit_poll_ms,
+            ),
+            (
+                "--redrive-poll-ms (INGEST_REDRIVE_POLL_MS)",
+                self.redrive_poll_ms,
+            ),
+            (
+                "--ride-through-seconds (INGEST_RIDE_THROUGH_SECONDS)",
+                self.ride_through_seconds,
+            ),
+            (
+                "--backoff-max-ms (INGEST_BACKOFF_MAX_MS)",
+                self.backoff_max_ms,
+            ),
+            ("--db-pool (INGEST_DB_POOL)", self.db_pool as u64),
+        ];
+        if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
+            anyhow::bail!("{name} must be at least 1");
+        }
+        if self.max_attempts < 1 {
+            anyhow::bail!("--max-attempts (INGEST_MAX_ATTEMPTS) must be at least 1");
+        }
+        if self.redrive_after_seconds.is_nan() || self.redrive_after_seconds <= 0.0 {
+            anyhow::bail!("--redrive-after-seconds (INGEST_REDRIVE_AFTER_SECONDS) must be above 0");
         }
         Ok(())
+    }
+
+    /// How an upload rides through an outage: for `ride_through_seconds`, pausing at most
+    /// `backoff_max_ms`.
+    pub fn upload_patience(&self) -> Patience {
+        Patience::new(
+            Duration::from_secs(self.ride_through_seconds),
+            self.max_pause(),
+        )
+    }
+
+    /// The longest pause between two tries.
+    pub fn max_pause(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
     }
 
     /// The commit loop's period.
@@ -107,5 +173,30 @@ impl Config {
     /// The redrive loop's period.
     pub fn redrive_poll(&self) -> Duration {
         Duration::from_millis(self.redrive_poll_ms)
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &db::redact(&self.database_url))
+            .field("amqp_url", &broker::redact(&self.amqp_url))
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("insecure", &self.insecure)
+            .field("queue", &self.queue)
+            .field("spool_dir", &self.spool_dir)
+            .field("chunk_rows", &self.chunk_rows)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_line_bytes", &self.max_line_bytes)
+            .field("max_errors", &self.max_errors)
+            .field("max_attempts", &self.max_attempts)
+            .field("ride_through_seconds", &self.ride_through_seconds)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("redrive_after_seconds", &self.redrive_after_seconds)
+            .field("commit_poll_ms", &self.commit_poll_ms)
+            .field("redrive_poll_ms", &self.redrive_poll_ms)
+            .field("db_pool", &self.db_pool)
+            .finish()
     }
 }

@@ -1,18 +1,25 @@
-//! Redrive: the coordinator hands chunks out again from its spool. A chunk whose attempt failed,
-//! whose lease expired (its worker vanished) or whose publish was never confirmed is published
-//! again, until it has used `max_attempts`; then it is buried (`dead`) and its batch fails with a
-//! reason naming the chunk, its lines and the last error.
+//! Redrive: no chunk is ever stranded. The coordinator hands chunks out again from its spool:
+//! - a chunk whose attempt PostgreSQL refused (`failed`), until it has been refused
+//!   `max_attempts` times — then it is buried (`dead`) and its batch fails, in one transaction,
+//!   with a reason naming the chunk, its lines and the last error;
+//! - a chunk whose lease expired (its worker vanished);
+//! - a chunk recorded but never confirmed by RabbitMQ (`pending` for `redrive_after_seconds`);
+//! - a chunk `queued` that long with no claim while the chunk queue holds nothing ready: its
+//!   message was dead-lettered (the delivery limit) or lost.
+//!
+//! A chunk handed out twice is loaded once (the ledger sees to it), so erring towards handing out
+//! is safe. The same loop sweeps uploads: a batch `receiving` that no upload of this coordinator
+//! feeds is ended (failed, its key released) — see [`crate::receiving`].
 
 use crate::app::AppState;
 use crate::publish::{confirmed, Publisher};
+use ingest_core::broker;
 use ingest_core::chunk::ChunkMessage;
+use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending, Redrive};
 use tokio_util::sync::CancellationToken;
 
-/// Unconfirmed chunks older than this are published again (seconds).
-const PENDING_GRACE_SECONDS: f64 = 30.0;
-
-/// Re-drives chunks until `shutdown`, every `redrive_poll`.
+/// Re-drives chunks and sweeps uploads until `shutdown`, every `redrive_poll`.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.redrive_poll());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -21,29 +28,30 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(error) = redrive(&app, PENDING_GRACE_SECONDS).await {
-            tracing::warn!(
-                error = format!("{error:#}"),
-                "redrive pass failed; will try again"
-            );
+        if let Err(fault) = redrive(&app, app.config.redrive_after_seconds).await {
+            tracing::warn!(%fault, "redrive pass failed; will try again");
+        }
+        if let Err(fault) = sweep_uploads(&app, app.config.redrive_after_seconds).await {
+            tracing::warn!(%fault, "upload sweep failed; will try again");
         }
     }
 }
 
-/// One pass: publishes again every chunk that needs it. `pending_seconds` is how old an
-/// unconfirmed chunk must be (0 at start-up, when no upload of this coordinator is running).
-pub async fn redrive(app: &AppState, pending_seconds: f64) -> anyhow::Result<usize> {
+/// One pass: publishes again every chunk that needs it. `after_seconds` is how long a chunk must
+/// have been pending or queued (0 at start-up, when no upload of this coordinator is running).
+pub async fn redrive(app: &AppState, after_seconds: f64) -> Result<usize, Fault> {
+    let stranded_too = queue_holds_nothing_ready(app).await?;
     let chunks = {
         let client = app.pool.get().await?;
-        ledger::chunks_to_redrive(&client, pending_seconds).await?
+        ledger::chunks_to_redrive(&client, after_seconds, stranded_too).await?
     };
     if chunks.is_empty() {
         return Ok(0);
     }
-    let publisher = Publisher::open(app).await?;
+    let publisher = Publisher::new(app);
     let mut redriven = 0;
     for chunk in chunks {
-        if chunk.attempts >= app.config.max_attempts {
+        if chunk.failures >= app.config.max_attempts {
             bury(app, &chunk).await?;
             continue;
         }
@@ -51,8 +59,9 @@ pub async fn redrive(app: &AppState, pending_seconds: f64) -> anyhow::Result<usi
             Ok(payload) => payload,
             Err(error) => {
                 let reason = format!(
-                    "chunk {} cannot be handed out again: its spooled copy is unreadable ({error})",
-                    chunk.seq
+                    "chunk {} (lines {}–{}) cannot be handed out again: its spooled copy is \
+                     unreadable ({error}); submit the file again",
+                    chunk.seq, chunk.first_line, chunk.last_line
                 );
                 app.end_batch(chunk.batch_id, &Ending::failed(reason))
                     .await?;
@@ -68,6 +77,7 @@ pub async fn redrive(app: &AppState, pending_seconds: f64) -> anyhow::Result<usi
             seq: chunk.seq,
             rows: chunk.rows,
         };
+        // An outage here leaves the chunk `pending`: the next passes publish it again.
         confirmed(publisher.send(message, &payload).await?).await?;
         ledger::mark_queued(&client, chunk.batch_id, chunk.seq).await?;
         tracing::info!(
@@ -82,21 +92,57 @@ pub async fn redrive(app: &AppState, pending_seconds: f64) -> anyhow::Result<usi
     Ok(redriven)
 }
 
-/// Buries a chunk that spent its attempts and fails its batch.
-async fn bury(app: &AppState, chunk: &Redrive) -> anyhow::Result<()> {
-    {
-        let client = app.pool.get().await?;
-        ledger::bury_chunk(&client, chunk.batch_id, chunk.seq).await?;
-    }
+/// True when the chunk queue holds no message ready for a worker: a chunk still `queued` then has
+/// no message on its way.
+async fn queue_holds_nothing_ready(app: &AppState) -> Result<bool, Fault> {
+    let channel = app.amqp.create_channel().await?;
+    let depth = broker::depth(&channel, &app.config.queue).await;
+    let _ = channel.close(200, "looked".into()).await;
+    Ok(depth?.0 == 0)
+}
+
+/// Buries a chunk that PostgreSQL refused `max_attempts` times, and fails its batch.
+async fn bury(app: &AppState, chunk: &Redrive) -> Result<(), Fault> {
     let reason = format!(
-        "chunk {} (lines {}–{}) failed {} times; last error: {}",
+        "chunk {} (lines {}–{}) was refused {} times; last error: {}",
         chunk.seq,
         chunk.first_line,
         chunk.last_line,
-        chunk.attempts,
-        chunk.last_error.as_deref().unwrap_or("its worker vanished")
+        chunk.failures,
+        chunk.last_error.as_deref().unwrap_or("none recorded")
     );
-    app.end_batch(chunk.batch_id, &Ending::failed(reason))
-        .await?;
+    let buried = {
+        let mut client = app.pool.get().await?;
+        ledger::bury_chunk(&mut client, chunk.batch_id, chunk.seq, &reason).await?
+    };
+    if buried {
+        app.spool.remove_batch(chunk.batch_id).await;
+        tracing::warn!(batch_id = chunk.batch_id, %reason, "poison chunk; batch failed");
+    }
     Ok(())
+}
+
+/// Ends every batch left `receiving` for more than `after_seconds` that no upload of this
+/// coordinator feeds. Returns how many it ended.
+pub async fn sweep_uploads(app: &AppState, after_seconds: f64) -> Result<usize, Fault> {
+    let receiving = {
+        let client = app.pool.get().await?;
+        ledger::receiving_batches(&client, after_seconds).await?
+    };
+    let mut ended = 0;
+    for batch_id in receiving {
+        if app.receiving.is_fed(batch_id) {
+            continue;
+        }
+        let reason = "the upload stopped before the whole file was in (the connection broke or \
+                      the coordinator restarted); submit the file again";
+        if app
+            .end_batch(batch_id, &Ending::upload_lost(reason))
+            .await?
+        {
+            tracing::warn!(batch_id, "ended a batch whose upload no longer feeds it");
+            ended += 1;
+        }
+    }
+    Ok(ended)
 }

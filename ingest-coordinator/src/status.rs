@@ -74,6 +74,21 @@ pub struct BatchStatus {
     pub rows_per_second: Option<f64>,
     /// Seconds left at the current rate, while the batch is open.
     pub eta_seconds: Option<f64>,
+    /// The last outage a step of the batch rode through (the commit tries again meanwhile).
+    pub outage: Option<Outage>,
+}
+
+/// An outage a batch's step met: it is tried again, and the batch does not fail for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Outage {
+    /// The step (`commit`).
+    pub step: String,
+    /// Which attempt of the step met it (from 1).
+    pub attempt: i32,
+    /// What went wrong.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 const SELECT: &str = "
@@ -87,7 +102,8 @@ const SELECT: &str = "
            count(c.seq) FILTER (WHERE c.state IN ('failed', 'dead')),
            coalesce(sum(c.rows) FILTER (WHERE c.state = 'loaded'), 0)::bigint,
            coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
-           min(c.created_at)
+           min(c.created_at),
+           b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at
     FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id";
 
 fn from_row(row: &Row) -> BatchStatus {
@@ -141,6 +157,15 @@ fn from_row(row: &Row) -> BatchStatus {
         commit_seconds: row.get(11),
         rows_per_second,
         eta_seconds,
+        outage: match (row.get(21), row.get(22), row.get(23), row.get(24)) {
+            (Some(step), Some(attempt), Some(reason), Some(at)) => Some(Outage {
+                step,
+                attempt,
+                reason,
+                at,
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -223,20 +248,22 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /readyz`: PostgreSQL and RabbitMQ answer.
+/// `GET /readyz`: PostgreSQL answers, RabbitMQ is connected and the spool takes files; 503 with
+/// the missing one(s) false otherwise.
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
     let postgres = match app.pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
     };
     let rabbitmq = app.amqp.status().connected();
-    let status = if postgres && rabbitmq {
+    let spool = app.spool.is_writable().await;
+    let status = if postgres && rabbitmq && spool {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({ "postgres": postgres, "rabbitmq": rabbitmq })),
+        Json(json!({ "postgres": postgres, "rabbitmq": rabbitmq, "spool": spool })),
     )
 }

@@ -2,6 +2,10 @@
 //! whole file is in: 202 with the batch's status when it is loading, 422 (or 413, 400) with the
 //! batch's status when it failed, 200 with the earlier batch for a repeated Idempotency-Key.
 //! The body is never held in memory: frames go to the split thread as they arrive.
+//!
+//! An outage of PostgreSQL, RabbitMQ or the spool during the upload pauses it (no more of the body
+//! is read) for up to `INGEST_RIDE_THROUGH_SECONDS`; past that the batch fails, frees its key,
+//! and the client gets 503 with a request id (the details are in the log under that id).
 
 use crate::api_error::ApiError;
 use crate::app::AppState;
@@ -16,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use ingest_core::batch::BatchState;
+use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending, NewBatch};
+use ingest_core::outage::ride_through;
 use std::io;
 use tokio::sync::mpsc;
 
@@ -32,30 +38,67 @@ pub async fn submit(
     let gzip = content_encoding(&headers)?;
     check_content_type(&headers)?;
     let key = idempotency_key(&headers)?;
-    let batch_id = {
-        let mut client = app.pool.get().await?;
-        match ledger::create_batch(&mut client, key.as_deref()).await? {
-            NewBatch::Created(id) => id,
-            NewBatch::Existing(id) => {
-                // The rest of the body is read and dropped by `unread_body` before this answer.
-                let status = status::fetch(&client, id)
-                    .await?
-                    .ok_or(ApiError::no_batch(id))?;
-                return Ok(respond(StatusCode::OK, status));
-            }
+    let batch_id = match open_batch(&app, key.as_deref()).await? {
+        NewBatch::Created(id) => id,
+        NewBatch::Existing(id) => {
+            // The rest of the body is read and dropped by `unread_body` before this answer.
+            return Ok(respond(StatusCode::OK, current_status(&app, id).await?));
         }
     };
+    let _feeding = app.receiving.feed(batch_id);
     tracing::info!(batch_id, gzip, "receiving a batch");
     let report = match receive(&app, batch_id, gzip, body).await {
         Ok(report) => report,
-        Err(error) => {
-            let reason = format!("the batch could not be published: {error:#}");
-            app.end_batch(batch_id, &Ending::upload_lost(reason))
-                .await?;
-            return Err(ApiError::from(error));
+        Err(fault) => {
+            // An outage outlasted the patience: the batch fails and frees its key, so the
+            // client's retry with the same key is a fresh submit. Should PostgreSQL still be
+            // away, the sweep ends the batch once it is back.
+            tracing::warn!(batch_id, %fault, "upload given up");
+            let reason = format!(
+                "the upload was given up: PostgreSQL, RabbitMQ or the coordinator's spool was \
+                 unavailable for longer than {} s; submit the file again",
+                app.config.ride_through_seconds
+            );
+            if let Err(error) = app.end_batch(batch_id, &Ending::upload_lost(reason)).await {
+                tracing::warn!(batch_id, %error, "cannot record the failed upload yet; the sweep will");
+            }
+            return Err(ApiError::from(fault));
         }
     };
     conclude(&app, batch_id, report).await
+}
+
+/// Records a new batch in `receiving`, or finds the batch that holds `key`. A batch that holds
+/// the key but is `receiving` with no upload feeding it is what a broken-off upload left behind
+/// (its end not recorded yet, because the coordinator restarted or PostgreSQL was away): it is
+/// ended now, freeing the key, so the client's retry is the fresh submit it asks for.
+async fn open_batch(app: &AppState, key: Option<&str>) -> Result<NewBatch, Fault> {
+    let patience = app.config.upload_patience();
+    let pool = &app.pool;
+    loop {
+        let opened = ride_through(patience, "recording a new batch", move || async move {
+            let mut client = pool.get().await?;
+            let opened = ledger::create_batch(&mut client, key).await?;
+            let state = match opened {
+                NewBatch::Existing(id) => ledger::batch_state(&client, id).await?,
+                NewBatch::Created(_) => None,
+            };
+            Ok((opened, state))
+        })
+        .await?;
+        match opened {
+            (NewBatch::Existing(id), Some(BatchState::Receiving)) if !app.receiving.is_fed(id) => {
+                let reason = "the upload stopped before the whole file was in; it was sent again \
+                              with the same Idempotency-Key";
+                app.end_batch(id, &Ending::upload_lost(reason)).await?;
+                tracing::info!(
+                    batch_id = id,
+                    "ended a broken-off upload whose key came back"
+                );
+            }
+            (opened, _) => return Ok(opened),
+        }
+    }
 }
 
 /// Streams the body through split (blocking threads) and publish (async), concurrently.
@@ -64,12 +107,18 @@ async fn receive(
     batch_id: i64,
     gzip: bool,
     body: Body,
-) -> anyhow::Result<SplitReport> {
-    let ports = {
-        let client = app.pool.get().await?;
-        let rows = client.query("SELECT code FROM ports", &[]).await?;
-        Ports::new(rows.iter().map(|row| row.get::<_, String>(0)))
-    };
+) -> Result<SplitReport, Fault> {
+    let pool = &app.pool;
+    let ports = ride_through(
+        app.config.upload_patience(),
+        "reading the ports",
+        move || async move {
+            let client = pool.get().await?;
+            let rows = client.query("SELECT code FROM ports", &[]).await?;
+            Ok(Ports::new(rows.iter().map(|row| row.get::<_, String>(0))))
+        },
+    )
+    .await?;
     let settings = SplitSettings {
         chunk_rows: app.config.chunk_rows,
         max_line_bytes: app.config.max_line_bytes,
@@ -84,6 +133,8 @@ async fn receive(
         tokio::task::spawn_blocking(move || split::split(reader, &settings, &ports, chunks_tx));
     let publish = tokio::spawn(publish::publish_batch(app.clone(), batch_id, chunks_rx));
 
+    // While publish waits out an outage it takes no chunk, split then reads no frame, and this
+    // loop reads no more of the body: the client is held back by TCP.
     let mut frames = body.into_data_stream();
     while let Some(frame) = frames.next().await {
         let frame = frame.map_err(|error| io::Error::new(io::ErrorKind::ConnectionAborted, error));
@@ -91,18 +142,38 @@ async fn receive(
             let _ = frames_tx.send(frame).await;
             break;
         }
-        // A closed channel means split stopped reading (a fatal error or the error limit); the
-        // rest of the body is read and dropped by `unread_body` before the answer goes out.
+        // A closed channel means split stopped reading (a fatal error, the error limit, or
+        // publish gave up); the rest of the body is read and dropped by `unread_body` before
+        // the answer goes out.
         if frames_tx.send(frame).await.is_err() {
             break;
         }
     }
     drop(frames_tx);
     drop(frames);
-    let report = split.await?;
-    let published = publish.await??;
+    let report = split
+        .await
+        .map_err(|error| Fault::outage(format!("the splitter stopped: {error}")))?;
+    let published = publish
+        .await
+        .map_err(|error| Fault::outage(format!("the publisher stopped: {error}")))??;
     debug_assert!(published == report.chunks || report.error_count > 0);
     Ok(report)
+}
+
+/// The batch's status, riding through an outage.
+async fn current_status(app: &AppState, batch_id: i64) -> Result<BatchStatus, ApiError> {
+    let pool = &app.pool;
+    ride_through(
+        app.config.upload_patience(),
+        "reading a batch's status",
+        move || async move {
+            let client = pool.get().await?;
+            Ok(status::fetch(&client, batch_id).await?)
+        },
+    )
+    .await?
+    .ok_or(ApiError::no_batch(batch_id))
 }
 
 /// Records how the upload ended and answers the client.
@@ -111,6 +182,7 @@ async fn conclude(
     batch_id: i64,
     report: SplitReport,
 ) -> Result<Response, ApiError> {
+    let patience = app.config.upload_patience();
     let failure = match (&report.cutoff, report.error_count) {
         (Some(Cutoff::TooLarge), _) => Some(StatusCode::PAYLOAD_TOO_LARGE),
         (Some(Cutoff::Interrupted(_)), _) => Some(StatusCode::BAD_REQUEST),
@@ -120,27 +192,29 @@ async fn conclude(
     if let Some(code) = failure {
         let ending = ending(&report);
         tracing::info!(batch_id, error = %ending.error, "batch refused");
-        app.end_batch(batch_id, &ending).await?;
-        let client = app.pool.get().await?;
-        let status = status::fetch(&client, batch_id)
-            .await?
-            .ok_or(ApiError::no_batch(batch_id))?;
-        return Ok(respond(code, status));
+        let ending = &ending;
+        ride_through(patience, "recording a refused batch", move || async move {
+            app.end_batch(batch_id, ending).await
+        })
+        .await?;
+        return Ok(respond(code, current_status(app, batch_id).await?));
     }
-    let client = app.pool.get().await?;
-    let loading = ledger::finish_receiving(
-        &client,
-        batch_id,
-        report.rows as i64,
-        report.chunks,
-        report.bytes_received as i64,
-        &report.sha256,
-    )
+    let (pool, report) = (&app.pool, &report);
+    let loading = ride_through(patience, "recording a received batch", move || async move {
+        let client = pool.get().await?;
+        Ok(ledger::finish_receiving(
+            &client,
+            batch_id,
+            report.rows as i64,
+            report.chunks,
+            report.bytes_received as i64,
+            &report.sha256,
+        )
+        .await?)
+    })
     .await?;
     app.commit_wakeup.notify_one();
-    let status = status::fetch(&client, batch_id)
-        .await?
-        .ok_or(ApiError::no_batch(batch_id))?;
+    let status = current_status(app, batch_id).await?;
     if !loading {
         // Cancelled while it was being received.
         return Ok(respond(StatusCode::CONFLICT, status));

@@ -192,7 +192,7 @@ async fn a_chunk_delivered_twice_loads_its_rows_once() {
     // Deliver every chunk a second (and chunk 0 a third) time, exactly as RabbitMQ would
     // redeliver it: the same headers and the same bytes.
     let state = &env.coordinator.as_ref().unwrap().state;
-    let publisher = Publisher::open(state).await.unwrap();
+    let publisher = Publisher::new(state);
     let chunks = env
         .db
         .query(

@@ -85,7 +85,7 @@ async fn unsafe_or_impossible_settings_stop_it_with_one_line() {
     let public = format!("0.0.0.0:{port}");
     /// What is wrong, the settings that say it, and the reason the coordinator must give.
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 7] = [
         (
             "a public address without a token",
             &[("INGEST_LISTEN", &public)],
@@ -104,7 +104,24 @@ async fn unsafe_or_impossible_settings_stop_it_with_one_line() {
         (
             "a chunk size of 0",
             &[("INGEST_CHUNK_ROWS", "0")],
-            "--chunk-rows must be at least 1",
+            "--chunk-rows (INGEST_CHUNK_ROWS) must be at least 1",
+        ),
+        // Would answer 202 and commit only the file's first chunk.
+        (
+            "no input errors allowed",
+            &[("INGEST_MAX_ERRORS", "0")],
+            "--max-errors (INGEST_MAX_ERRORS) must be at least 1",
+        ),
+        // Would make the background loops panic.
+        (
+            "a commit poll of 0",
+            &[("INGEST_COMMIT_POLL_MS", "0")],
+            "--commit-poll-ms (INGEST_COMMIT_POLL_MS) must be at least 1",
+        ),
+        (
+            "a redrive poll of 0",
+            &[("INGEST_REDRIVE_POLL_MS", "0")],
+            "--redrive-poll-ms (INGEST_REDRIVE_POLL_MS) must be at least 1",
         ),
     ];
     for (case, settings, reason) in cases {

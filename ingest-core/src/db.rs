@@ -1,13 +1,16 @@
 //! PostgreSQL connections: one pool per process, built from `DATABASE_URL`.
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::time::Duration;
 use tokio_postgres::NoTls;
 
 /// The default `DATABASE_URL`: the local server with trust auth.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Builds a pool of at most `size` connections to `url`. Connections are opened lazily.
+/// Builds a pool of at most `size` connections to `url`. Connections are opened lazily. Opening
+/// one gives up after 10 s and waiting for a free one after 60 s, so a server that does not
+/// answer is an outage the caller rides through, never a request that hangs.
 pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     let config: tokio_postgres::Config = url
         .parse()
@@ -21,6 +24,10 @@ pub fn pool(url: &str, size: usize) -> anyhow::Result<Pool> {
     );
     Pool::builder(manager)
         .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .create_timeout(Some(Duration::from_secs(10)))
+        .recycle_timeout(Some(Duration::from_secs(10)))
+        .wait_timeout(Some(Duration::from_secs(60)))
         .build()
         .context("cannot build the PostgreSQL pool")
 }

@@ -130,11 +130,22 @@ pub async fn end_batch(
     batch_id: i64,
     ending: &Ending,
 ) -> Result<bool, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let ended = end_batch_in(&tx, batch_id, ending).await?;
+    tx.commit().await?;
+    Ok(ended)
+}
+
+/// [`end_batch`] inside the caller's transaction.
+async fn end_batch_in(
+    tx: &Transaction<'_>,
+    batch_id: i64,
+    ending: &Ending,
+) -> Result<bool, tokio_postgres::Error> {
     debug_assert!(matches!(
         ending.state,
         BatchState::Failed | BatchState::Cancelled
     ));
-    let tx = client.transaction().await?;
     let updated = tx
         .execute(
             "UPDATE batches SET state = $2, error = $3, error_count = $4, errors = $5,
@@ -159,8 +170,58 @@ pub async fn end_batch(
         tx.batch_execute(&schema::drop_staging_sql(batch_id))
             .await?;
     }
-    tx.commit().await?;
     Ok(updated == 1)
+}
+
+/// Notes on an open batch the last outage one of its steps rode through (shown in its status).
+pub async fn record_outage(
+    client: &Client,
+    batch_id: i64,
+    step: &str,
+    attempt: i32,
+    reason: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE batches SET outage_step = $2, outage_attempt = $3, outage_reason = $4,
+                    outage_at = now()
+             WHERE id = $1",
+            &[&batch_id, &step, &attempt, &reason],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The advisory lock that makes one coordinator at a time commit a batch (its two-key space is
+/// apart from the single-key migration lock). Batch ids are folded into 32 bits: two batches 2³²
+/// apart would only wait for each other.
+const COMMIT_LOCK: i32 = 0x696e_6763;
+
+/// Takes the batch's commit lock for this session, without waiting: false when another session
+/// holds it (another coordinator commits it, or a killed coordinator's backend has not ended
+/// yet). Held until [`unlock_commit`] or the end of the session.
+pub async fn try_lock_commit(
+    client: &Client,
+    batch_id: i64,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&COMMIT_LOCK, &(batch_id as i32)],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Releases the batch's commit lock taken by [`try_lock_commit`] in this session.
+pub async fn unlock_commit(client: &Client, batch_id: i64) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_unlock($1, $2)",
+            &[&COMMIT_LOCK, &(batch_id as i32)],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Batches whose chunks are all loaded and that wait for their commit, plus batches whose
@@ -362,8 +423,8 @@ pub async fn finish_chunk(
     Ok(updated == 1)
 }
 
-/// `loading → failed` with the reason, after a failed attempt; the coordinator decides whether to
-/// hand it out again or let the batch fail.
+/// `loading → failed` with the reason, after an attempt whose rows PostgreSQL refused (counted in
+/// `failures`); the coordinator decides whether to hand it out again or let the batch fail.
 pub async fn fail_chunk(
     client: &Client,
     batch_id: i64,
@@ -373,7 +434,7 @@ pub async fn fail_chunk(
     client
         .execute(
             "UPDATE chunks SET state = 'failed', last_error = $3, lease_until = NULL,
-                    updated_at = now()
+                    failures = failures + 1, updated_at = now()
              WHERE batch_id = $1 AND seq = $2 AND state IN ('pending', 'queued', 'loading')",
             &[&batch_id, &seq, &error],
         )
@@ -394,30 +455,37 @@ pub struct Redrive {
     pub first_line: i64,
     /// The source line of its last row.
     pub last_line: i64,
-    /// Attempts so far.
+    /// Attempts so far (every claim by a worker).
     pub attempts: i32,
+    /// Attempts whose rows PostgreSQL refused.
+    pub failures: i32,
     /// The last error, if an attempt failed.
     pub last_error: Option<String>,
 }
 
 /// Chunks of open batches that need publishing again: failed attempts, expired leases (the worker
-/// vanished), and chunks left `pending` longer than `pending_seconds` (never confirmed, e.g. the
-/// coordinator stopped between recording and publishing).
+/// vanished), chunks left `pending` longer than `after_seconds` (never confirmed, e.g. the
+/// coordinator stopped between recording and publishing) and — when `stranded_too`, which the
+/// caller says when the chunk queue holds no message ready for a worker — chunks `queued` that
+/// long with no claim: their message was dead-lettered or lost.
 pub async fn chunks_to_redrive(
     client: &Client,
-    pending_seconds: f64,
+    after_seconds: f64,
+    stranded_too: bool,
 ) -> Result<Vec<Redrive>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT c.batch_id, c.seq, c.rows, c.attempts, c.last_error, c.first_line, c.last_line
+            "SELECT c.batch_id, c.seq, c.rows, c.attempts, c.failures, c.last_error,
+                    c.first_line, c.last_line
              FROM chunks c JOIN batches b ON b.id = c.batch_id
              WHERE b.state IN ('receiving', 'loading')
                AND (c.state = 'failed'
                     OR (c.state = 'loading' AND c.lease_until < now())
-                    OR (c.state = 'pending'
+                    OR (c.state IN ('pending', 'queued')
+                        AND (c.state = 'pending' OR $2)
                         AND c.updated_at < now() - make_interval(secs => $1)))
              ORDER BY c.batch_id, c.seq",
-            &[&pending_seconds],
+            &[&after_seconds, &stranded_too],
         )
         .await?;
     Ok(rows
@@ -427,15 +495,16 @@ pub async fn chunks_to_redrive(
             seq: row.get(1),
             rows: row.get(2),
             attempts: row.get(3),
-            last_error: row.get(4),
-            first_line: row.get(5),
-            last_line: row.get(6),
+            failures: row.get(4),
+            last_error: row.get(5),
+            first_line: row.get(6),
+            last_line: row.get(7),
         })
         .collect())
 }
 
-/// `failed | loading | pending → pending`, right before the coordinator publishes the chunk
-/// again. False when the chunk moved on meanwhile (e.g. the slow worker finished).
+/// `failed | loading | pending | queued → pending`, right before the coordinator publishes the
+/// chunk again. False when the chunk moved on meanwhile (e.g. the slow worker finished).
 pub async fn requeue_chunk(
     client: &Client,
     batch_id: i64,
@@ -444,36 +513,68 @@ pub async fn requeue_chunk(
     let updated = client
         .execute(
             "UPDATE chunks SET state = 'pending', lease_until = NULL, updated_at = now()
-             WHERE batch_id = $1 AND seq = $2 AND state IN ('failed', 'loading', 'pending')",
+             WHERE batch_id = $1 AND seq = $2
+               AND state IN ('failed', 'loading', 'pending', 'queued')",
             &[&batch_id, &seq],
         )
         .await?;
     Ok(updated == 1)
 }
 
-/// `failed | loading → dead`: the chunk spent its attempts; the caller fails the batch.
+/// A poison chunk: `failed → dead`, and its batch fails with `reason`, its staged rows dropped,
+/// in one transaction (a kill in between cannot leave a dead chunk in an open batch). False when
+/// the chunk or its batch moved on meanwhile.
 pub async fn bury_chunk(
-    client: &Client,
+    client: &mut Client,
     batch_id: i64,
     seq: i32,
-) -> Result<(), tokio_postgres::Error> {
-    client
+    reason: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let buried = tx
         .execute(
-            "UPDATE chunks SET state = 'dead', updated_at = now()
-             WHERE batch_id = $1 AND seq = $2 AND state IN ('failed', 'loading', 'pending')",
+            "UPDATE chunks SET state = 'dead', lease_until = NULL, updated_at = now()
+             WHERE batch_id = $1 AND seq = $2 AND state = 'failed'",
             &[&batch_id, &seq],
         )
         .await?;
-    Ok(())
+    if buried == 0 || !end_batch_in(&tx, batch_id, &Ending::failed(reason)).await? {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
-/// Batches left `receiving` by a coordinator that stopped: their upload was cut off, so they can
-/// never complete. Only called at start-up, before this coordinator receives anything.
-pub async fn interrupted_uploads(client: &Client) -> Result<Vec<i64>, tokio_postgres::Error> {
+/// Batches in `receiving` that were created more than `older_than_seconds` ago, with their ids:
+/// the sweep ends those that no upload of this coordinator is feeding.
+pub async fn receiving_batches(
+    client: &Client,
+    older_than_seconds: f64,
+) -> Result<Vec<i64>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT id FROM batches WHERE state = 'receiving' ORDER BY id",
-            &[],
+            "SELECT id FROM batches
+             WHERE state = 'receiving' AND created_at < now() - make_interval(secs => $1)
+             ORDER BY id",
+            &[&older_than_seconds],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Of `ids`, those whose batch is final or unknown: their spooled chunks can go.
+pub async fn ended_batches(
+    client: &Client,
+    ids: &[i64],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT id FROM unnest($1::bigint[]) AS spooled(id)
+             WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = spooled.id
+                               AND b.state IN ('receiving', 'loading', 'committing'))
+             ORDER BY id",
+            &[&ids],
         )
         .await?;
     Ok(rows.iter().map(|row| row.get(0)).collect())

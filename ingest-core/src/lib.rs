@@ -6,11 +6,16 @@
 //! - [`chunk::ChunkMessage`]: what travels on RabbitMQ;
 //! - [`ledger`]: every batch and chunk state, durably in PostgreSQL, with every transition;
 //! - [`schema`] and [`broker`]: the tables and the queue topology both sides rely on.
+//!
+//! And both ride through the same faults alike: [`fault`] says whose fault a failed step is (only
+//! PostgreSQL refusing the rows fails a batch), [`outage`] how to try again.
 
 pub mod batch;
 pub mod broker;
 pub mod chunk;
 pub mod db;
+pub mod fault;
 pub mod ledger;
+pub mod outage;
 pub mod process;
 pub mod schema;

@@ -39,6 +39,16 @@ pub struct Config {
     #[arg(long, env = "INGEST_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
 
+    /// The longest pause between two tries of a chunk while PostgreSQL is away, in milliseconds
+    /// (the delivery stays in hand meanwhile).
+    #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
+    pub backoff_max_ms: u64,
+
+    /// How long to wait for RabbitMQ at start, in seconds (afterwards the connection recovers
+    /// from outages of any length by itself).
+    #[arg(long, env = "INGEST_CONNECT_SECONDS", default_value_t = 120)]
+    pub connect_seconds: u64,
+
     /// This worker's name in the ledger and logs (default: host and process id).
     #[arg(long, env = "INGEST_WORKER_NAME")]
     pub name: Option<String>,
@@ -53,6 +63,28 @@ impl Config {
     /// The defaults, as if started with no flags (tests start from this).
     pub fn defaults() -> Config {
         Config::parse_from(["ingest-worker"])
+    }
+
+    /// Refuses settings that cannot work, with one line.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.concurrency == 0 {
+            anyhow::bail!("--concurrency (INGEST_WORKER_CONCURRENCY) must be at least 1");
+        }
+        if self.lease_seconds.is_nan() || self.lease_seconds <= 0.0 {
+            anyhow::bail!("--lease-seconds (INGEST_LEASE_SECONDS) must be above 0");
+        }
+        if self.backoff_max_ms == 0 {
+            anyhow::bail!("--backoff-max-ms (INGEST_BACKOFF_MAX_MS) must be at least 1");
+        }
+        if self.connect_seconds == 0 {
+            anyhow::bail!("--connect-seconds (INGEST_CONNECT_SECONDS) must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The longest pause between two tries.
+    pub fn max_pause(&self) -> Duration {
+        Duration::from_millis(self.backoff_max_ms)
     }
 
     /// The prefetch count actually asked of RabbitMQ.

@@ -1,7 +1,17 @@
 //! Consume: the worker's one loop. Takes deliveries from the chunk queue (manual acks, prefetch
 //! bounded), loads up to `concurrency` chunks at once, and acknowledges each only after its
-//! load committed. On shutdown it stops taking chunks, finishes those in hand within the drain
-//! deadline, and leaves the rest to RabbitMQ (unacknowledged messages are delivered again).
+//! load committed (or PostgreSQL's refusal was recorded). On shutdown it stops taking chunks,
+//! finishes those in hand within the drain deadline, and leaves the rest to RabbitMQ
+//! (unacknowledged messages are delivered again).
+//!
+//! Faults:
+//! - PostgreSQL away: the delivery stays in hand and the load is tried again with growing
+//!   pauses, for as long as it takes (the delivery limit is not spent on an outage);
+//! - RabbitMQ away: the connection recovers by itself (see [`ingest_core::broker`]) and the
+//!   consumer resumes; unacknowledged deliveries come back from the broker;
+//! - the broker cancelled the consumer or closed the channel, or recovery stopped: the worker
+//!   stops and `run` returns the reason, so the binary exits non-zero and its supervisor starts
+//!   a fresh one.
 
 use crate::config::Config;
 use crate::load::{self, Outcome};
@@ -9,11 +19,11 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use ingest_core::chunk::ChunkMessage;
+use ingest_core::outage::Patience;
 use ingest_core::{broker, db};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    BasicRejectOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
 use std::sync::Arc;
@@ -22,14 +32,21 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Pause before a delivery that could not be recorded goes back to the queue.
-const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// How long the connection or channel must stay lost for good before the worker gives up.
+const LOST_GRACE: Duration = Duration::from_secs(5);
 
-/// Runs the worker until `shutdown`.
+/// Runs the worker until `shutdown`. Err when it had to stop by itself (RabbitMQ lost for good).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.check()?;
     let worker = config.worker_name();
     let pool = db::pool(&config.database_url, config.concurrency + 1)?;
-    let amqp = broker::connect(&config.amqp_url, &format!("ingest-worker {worker}")).await?;
+    let amqp = broker::connect(
+        &config.amqp_url,
+        &format!("ingest-worker {worker}"),
+        config.max_pause(),
+        Duration::from_secs(config.connect_seconds),
+    )
+    .await?;
     let channel = amqp.create_channel().await?;
     broker::declare(&channel, &config.queue).await?;
     channel
@@ -45,29 +62,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await?;
     tracing::info!(%worker, queue = %config.queue, concurrency = config.concurrency, "worker consuming");
 
-    let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut in_hand = JoinSet::new();
+    let lost = broker::until_lost_for_good(&amqp, Some(&channel), LOST_GRACE);
+    tokio::pin!(lost);
+    let mut fatal = None;
     loop {
         let delivery = tokio::select! {
             _ = shutdown.cancelled() => break,
+            reason = &mut lost => {
+                fatal = Some(reason.to_string());
+                break;
+            }
             delivery = consumer.next() => delivery,
         };
         while in_hand.try_join_next().is_some() {}
         let delivery = match delivery {
             Some(Ok(delivery)) => delivery,
             Some(Err(error)) => {
-                // lapin recovers the connection and the consumer by itself.
-                tracing::warn!(%error, "consumer error");
+                // A connection outage: lapin recovers the connection and the consumer.
+                tracing::warn!(%error, "consumer error; waiting for RabbitMQ to come back");
                 continue;
             }
-            None => break,
+            None => {
+                fatal = Some(
+                    "RabbitMQ cancelled this worker's consumer (was the queue deleted?)".into(),
+                );
+                break;
+            }
         };
         let slot = slots.clone().acquire_owned().await?;
-        let pool = pool.clone();
-        let worker = worker.clone();
-        let lease = config.lease_seconds;
+        let chunk = Chunk {
+            pool: pool.clone(),
+            worker: worker.clone(),
+            lease_seconds: config.lease_seconds,
+            patience: Patience::endless(config.max_pause()),
+            shutdown: shutdown.clone(),
+        };
         in_hand.spawn(async move {
-            handle(&pool, delivery, &worker, lease).await;
+            chunk.handle(delivery).await;
             drop(slot);
         });
     }
@@ -86,51 +119,85 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = amqp.close(200, "worker stopping".into()).await;
-    tracing::info!(%worker, "worker stopped");
-    Ok(())
+    match fatal {
+        Some(reason) => {
+            tracing::error!(%worker, %reason, "worker stopped: RabbitMQ cannot come back by itself");
+            Err(anyhow::anyhow!(reason))
+        }
+        None => {
+            tracing::info!(%worker, "worker stopped");
+            Ok(())
+        }
+    }
 }
 
-/// Loads one delivery and settles it with RabbitMQ.
-async fn handle(pool: &Pool, delivery: Delivery, worker: &str, lease_seconds: f64) {
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    let Some(message) = ChunkMessage::from_headers(&headers) else {
-        tracing::error!(
-            tag = delivery.delivery_tag,
-            "not a chunk message; dead-lettering it"
-        );
-        let _ = delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await;
-        return;
-    };
-    let payload = Bytes::from(delivery.data);
-    let outcome = load::load(pool, message, payload, worker, lease_seconds).await;
-    let (batch_id, seq) = (message.batch_id, message.seq);
-    match &outcome {
-        Outcome::Loaded => tracing::debug!(batch_id, seq, "chunk loaded"),
-        Outcome::AlreadyLoaded => {
-            tracing::info!(batch_id, seq, "duplicate delivery; already loaded")
-        }
-        Outcome::Closed => tracing::info!(batch_id, seq, "batch closed; chunk dropped"),
-        Outcome::Failed(reason) => tracing::warn!(batch_id, seq, %reason, "chunk failed"),
-        Outcome::Retry(reason) => tracing::warn!(batch_id, seq, %reason, "chunk requeued"),
-    }
-    let settled = match outcome {
-        Outcome::Retry(_) => {
-            tokio::time::sleep(RETRY_PAUSE).await;
-            delivery
+/// What handling one delivery needs.
+struct Chunk {
+    pool: Pool,
+    worker: String,
+    lease_seconds: f64,
+    patience: Patience,
+    shutdown: CancellationToken,
+}
+
+impl Chunk {
+    /// Loads one delivery, riding through PostgreSQL outages with the delivery in hand, and
+    /// settles it with RabbitMQ.
+    async fn handle(self, delivery: Delivery) {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let Some(message) = ChunkMessage::from_headers(&headers) else {
+            tracing::error!(
+                tag = delivery.delivery_tag,
+                "not a chunk message; dead-lettering it"
+            );
+            let _ = delivery
                 .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return;
+        };
+        let (batch_id, seq) = (message.batch_id, message.seq);
+        let payload = Bytes::from(delivery.data);
+        let mut pauses = self.patience.pauses();
+        let mut attempt = 1u32;
+        let outcome = loop {
+            let loaded = load::load(
+                &self.pool,
+                message,
+                payload.clone(),
+                &self.worker,
+                self.lease_seconds,
+            )
+            .await;
+            let fault = match loaded {
+                Ok(outcome) => break outcome,
+                Err(fault) => fault,
+            };
+            let pause = pauses.next().unwrap_or(self.patience.max_pause);
+            tracing::warn!(batch_id, seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    // Unacknowledged: RabbitMQ delivers it again once this channel closes.
+                    tracing::info!(batch_id, seq, "stopping with a chunk in hand; RabbitMQ delivers it again");
+                    return;
+                }
+                _ = tokio::time::sleep(pause) => {}
+            }
+            attempt += 1;
+        };
+        match &outcome {
+            Outcome::Loaded => tracing::debug!(batch_id, seq, "chunk loaded"),
+            Outcome::AlreadyLoaded => {
+                tracing::info!(batch_id, seq, "duplicate delivery; already loaded")
+            }
+            Outcome::Closed => tracing::info!(batch_id, seq, "batch closed; chunk dropped"),
+            Outcome::Refused(reason) => {
+                tracing::warn!(batch_id, seq, %reason, "PostgreSQL refused the chunk's rows")
+            }
         }
-        _ => delivery.acker.ack(BasicAckOptions::default()).await,
-    };
-    if let Err(error) = settled {
-        // The channel is gone: RabbitMQ redelivers the message, and the ledger makes that safe.
-        tracing::warn!(batch_id, seq, %error, "could not settle the delivery");
+        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            // The channel is gone: RabbitMQ redelivers the message, and the ledger makes that safe.
+            tracing::warn!(batch_id, seq, %error, "could not acknowledge the delivery");
+        }
     }
 }

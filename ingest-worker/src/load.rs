@@ -4,16 +4,19 @@
 //! 2. in one transaction: mark it `loaded` (taking its row lock), COPY its rows, check the count,
 //!    commit. A duplicate delivery waits on the row lock and then finds it loaded.
 //!
-//! The message body is already a binary COPY stream: it goes to PostgreSQL as it is.
+//! The message body is already a binary COPY stream: it goes to PostgreSQL as it is. Only
+//! PostgreSQL refusing the rows counts as a failed attempt (recorded in the ledger); any other
+//! error is an outage, returned to the caller to try again with the delivery still in hand.
 
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::SinkExt;
 use ingest_core::chunk::ChunkMessage;
+use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Claim};
 use ingest_core::schema;
 
-/// What became of one delivery; the consumer acknowledges all but `Retry`.
+/// What became of one delivery; the consumer acknowledges every outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Its rows are staged now.
@@ -22,24 +25,21 @@ pub enum Outcome {
     AlreadyLoaded,
     /// Its batch is no longer open (failed, cancelled, committed) or the chunk is dead.
     Closed,
-    /// The attempt failed and the failure is recorded; the coordinator decides what next.
-    Failed(String),
-    /// The attempt failed and could not even be recorded (PostgreSQL unreachable): requeue.
-    Retry(String),
+    /// PostgreSQL refused the rows; the failure is recorded and the coordinator decides what
+    /// next (hand it out again, or bury it and fail the batch).
+    Refused(String),
 }
 
-/// Loads one chunk.
+/// Loads one chunk. Err is an outage (PostgreSQL away, a deadlock, a full disk…): nothing was
+/// recorded and the caller tries again.
 pub async fn load(
     pool: &Pool,
     message: ChunkMessage,
     payload: Bytes,
     worker: &str,
     lease_seconds: f64,
-) -> Outcome {
-    let mut client = match pool.get().await {
-        Ok(client) => client,
-        Err(error) => return Outcome::Retry(format!("no PostgreSQL connection: {error}")),
-    };
+) -> Result<Outcome, Fault> {
+    let mut client = pool.get().await?;
     let claim = ledger::claim_chunk(
         &client,
         message.batch_id,
@@ -47,35 +47,29 @@ pub async fn load(
         worker,
         lease_seconds,
     )
-    .await;
+    .await?;
     match claim {
-        Ok(Claim::Load { .. }) => {}
-        Ok(Claim::AlreadyLoaded) => return Outcome::AlreadyLoaded,
-        Ok(Claim::Closed) => return Outcome::Closed,
-        Err(error) => return Outcome::Retry(describe(&error)),
+        Claim::Load { .. } => {}
+        Claim::AlreadyLoaded => return Ok(Outcome::AlreadyLoaded),
+        Claim::Closed => return Ok(Outcome::Closed),
     }
     match copy(&mut client, message, payload).await {
-        Ok(outcome) => outcome,
-        Err(reason) => {
-            match ledger::fail_chunk(&client, message.batch_id, message.seq, &reason).await {
-                Ok(()) => Outcome::Failed(reason),
-                Err(error) => Outcome::Retry(format!("{reason}; and then {}", describe(&error))),
-            }
+        Err(Fault::Refused(reason)) => {
+            ledger::fail_chunk(&client, message.batch_id, message.seq, &reason).await?;
+            Ok(Outcome::Refused(reason))
         }
+        other => other,
     }
 }
 
-/// The loading transaction. Err is the reason the attempt failed.
+/// The loading transaction.
 async fn copy(
     client: &mut tokio_postgres::Client,
     message: ChunkMessage,
     payload: Bytes,
-) -> Result<Outcome, String> {
-    let tx = client.transaction().await.map_err(|e| describe(&e))?;
-    let open = ledger::finish_chunk(&tx, message.batch_id, message.seq)
-        .await
-        .map_err(|e| describe(&e))?;
-    if !open {
+) -> Result<Outcome, Fault> {
+    let tx = client.transaction().await?;
+    if !ledger::finish_chunk(&tx, message.batch_id, message.seq).await? {
         drop(tx);
         // Loaded by a duplicate meanwhile, or the batch closed: the claim step tells which.
         return Ok(Outcome::AlreadyLoaded);
@@ -86,30 +80,27 @@ async fn copy(
     let sink = match sink {
         Ok(sink) => sink,
         Err(error) if is_missing_table(&error) => return Ok(Outcome::Closed),
-        Err(error) => return Err(describe(&error)),
+        Err(error) => return Err(Fault::of_rows(&error)),
     };
     futures_util::pin_mut!(sink);
-    sink.send(payload).await.map_err(|e| describe(&e))?;
-    let rows = sink.finish().await.map_err(|e| describe(&e))?;
+    sink.send(payload)
+        .await
+        .map_err(|error| Fault::of_rows(&error))?;
+    let rows = sink
+        .finish()
+        .await
+        .map_err(|error| Fault::of_rows(&error))?;
     if rows != message.rows as u64 {
-        return Err(format!(
+        return Err(Fault::Refused(format!(
             "COPY loaded {rows} rows but the chunk holds {}",
             message.rows
-        ));
+        )));
     }
-    tx.commit().await.map_err(|e| describe(&e))?;
+    tx.commit().await.map_err(|error| Fault::of_rows(&error))?;
     Ok(Outcome::Loaded)
 }
 
 /// The staging table was dropped: the batch failed or was cancelled meanwhile.
 fn is_missing_table(error: &tokio_postgres::Error) -> bool {
     error.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)
-}
-
-/// PostgreSQL's message and SQLSTATE, or the connection error.
-fn describe(error: &tokio_postgres::Error) -> String {
-    match error.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => error.to_string(),
-    }
 }

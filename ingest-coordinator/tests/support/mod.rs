@@ -42,6 +42,18 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| broker::DEFAULT_AMQP_URL.into())
 }
 
+/// A connection to the tests' broker, for looking at queues.
+pub async fn amqp_connection(name: &str) -> lapin::Connection {
+    broker::connect(
+        &amqp_url(),
+        name,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("amqp")
+}
+
 /// How a test wants its environment.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -290,7 +302,7 @@ impl TestEnv {
 
     /// Messages waiting in the chunk queue.
     pub async fn queue_depth(&self) -> u32 {
-        let connection = broker::connect(&amqp_url(), "test").await.expect("amqp");
+        let connection = amqp_connection("test").await;
         let channel = connection.create_channel().await.expect("channel");
         let queue = channel
             .queue_declare(
@@ -331,7 +343,14 @@ impl Drop for TestEnv {
                             ))
                             .await;
                     }
-                    if let Ok(connection) = broker::connect(&amqp_url(), "test cleanup").await {
+                    if let Ok(connection) = broker::connect(
+                        &amqp_url(),
+                        "test cleanup",
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    {
                         if let Ok(channel) = connection.create_channel().await {
                             let _ = broker::delete(&channel, &queue).await;
                         }
