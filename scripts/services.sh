@@ -25,7 +25,9 @@ ensure_services() {
   fi
   if ! rabbit_answers; then
     echo "services: starting RabbitMQ" >&2
-    rabbitmq-server -detached
+    # The node may be up with its application stopped (rabbitmqctl stop_app, as the fault
+    # tests and the chaos run do): start the application, else the whole server.
+    rabbitmqctl -q start_app >/dev/null 2>&1 || rabbitmq-server -detached
     wait_until 120 RabbitMQ rabbit_answers
   fi
   # The port opens before the broker is fully booted; wait for it to take connections.

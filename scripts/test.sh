@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_services
+# The fault tests stop and start PostgreSQL and RabbitMQ (one at a time, each restarting what it
+# stopped); should a test process be killed mid-outage, the services are started again here.
+trap ensure_services EXIT
 
 echo "== format"
 cargo fmt --all -- --check

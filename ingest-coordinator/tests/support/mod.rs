@@ -3,6 +3,7 @@
 //! PostgreSQL and RabbitMQ; everything is removed again when the environment is dropped.
 #![allow(dead_code)]
 
+pub mod outage;
 pub mod process;
 pub mod rates_file;
 
@@ -69,6 +70,15 @@ pub struct Options {
     pub max_body_bytes: u64,
     /// Start the coordinator in this process (tests that run the binary say false).
     pub coordinator: bool,
+    /// Chunks pending or queued with no claim this long are handed out again (seconds).
+    pub redrive_after_seconds: f64,
+    /// Refused attempts before a chunk is buried.
+    pub max_attempts: i32,
+    /// The commit loop's period.
+    pub commit_poll_ms: u64,
+    /// This test stops PostgreSQL or RabbitMQ: it runs alone (an exclusive lock that every other
+    /// test environment takes shared).
+    pub exclusive: bool,
 }
 
 impl Default for Options {
@@ -80,6 +90,10 @@ impl Default for Options {
             max_errors: 100,
             max_body_bytes: 1 << 30,
             coordinator: true,
+            redrive_after_seconds: 30.0,
+            max_attempts: 5,
+            commit_poll_ms: 50,
+            exclusive: false,
         }
     }
 }
@@ -105,11 +119,14 @@ pub struct TestEnv {
     /// The configuration the coordinator was started with.
     pub config: Config,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// Held while the environment lives: shared, or exclusive for a test that stops services.
+    _turn: outage::Turn,
 }
 
 impl TestEnv {
     /// A fresh database (migrated, seeded), fresh queues, the coordinator and the workers.
     pub async fn start(options: Options) -> TestEnv {
+        let turn = outage::Turn::take(options.exclusive);
         let suffix: u64 = rand::rng().random();
         let db_name = format!("ingest_test_{suffix:x}");
         let admin = db::connect(&server_url("postgres"))
@@ -133,8 +150,12 @@ impl TestEnv {
         config.token = options.token.clone();
         config.max_errors = options.max_errors;
         config.max_body_bytes = options.max_body_bytes;
-        config.commit_poll_ms = 50;
+        config.commit_poll_ms = options.commit_poll_ms;
         config.redrive_poll_ms = 200;
+        config.redrive_after_seconds = options.redrive_after_seconds;
+        config.max_attempts = options.max_attempts;
+        config.backoff_max_ms = 200;
+        config.ride_through_seconds = 60;
         config.db_pool = 8;
 
         let mut seed_client = db::connect(&database_url).await.expect("test database");
@@ -169,6 +190,7 @@ impl TestEnv {
             db: seed_client,
             config,
             workers: Vec::new(),
+            _turn: turn,
         };
         env.start_workers(options.workers);
         env
@@ -182,6 +204,7 @@ impl TestEnv {
             config.amqp_url = amqp_url();
             config.queue = self.queue.clone();
             config.concurrency = 2;
+            config.backoff_max_ms = 200;
             config.name = Some(format!("test-worker-{}", self.workers.len()));
             let token = CancellationToken::new();
             let handle = tokio::spawn(ingest_worker::run(config, token.clone()));
@@ -195,6 +218,76 @@ impl TestEnv {
             token.cancel();
             handle.await.expect("worker task").expect("worker run");
         }
+    }
+
+    /// Stops the in-process coordinator (as a stopped process would leave things).
+    pub async fn stop_coordinator(&mut self) {
+        if let Some(running) = self.coordinator.take() {
+            running.stop().await.expect("the coordinator stops");
+        }
+    }
+
+    /// Starts a coordinator (a fresh one, as after a restart) with the environment's settings.
+    pub async fn start_coordinator(&mut self) {
+        self.start_coordinator_with(self.config.clone()).await;
+    }
+
+    /// Starts a coordinator with `config`.
+    pub async fn start_coordinator_with(&mut self, config: Config) {
+        let running = app::start(config).await.expect("coordinator starts");
+        self.base = format!("http://{}", running.addr);
+        self.coordinator = Some(running);
+    }
+
+    /// The running coordinator's state.
+    pub fn state(&self) -> &app::AppState {
+        &self.coordinator.as_ref().expect("a coordinator runs").state
+    }
+
+    /// Opens a new connection to the test database (the old one died with a restart).
+    pub async fn reconnect_db(&mut self) {
+        self.db = db::connect(&self.database_url)
+            .await
+            .expect("test database after the outage");
+    }
+
+    /// The batch's state as the ledger has it.
+    pub async fn batch_state(&self, id: i64) -> String {
+        self.db
+            .query_one("SELECT state FROM batches WHERE id = $1", &[&id])
+            .await
+            .expect("batch state")
+            .get(0)
+    }
+
+    /// Chunks of the batch in `state`.
+    pub async fn chunks_in(&self, id: i64, state: &str) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM chunks WHERE batch_id = $1 AND state = $2",
+                &[&id, &state],
+            )
+            .await
+            .expect("chunk count")
+            .get(0)
+    }
+
+    /// Waits until every chunk of the batch is loaded (its upload complete), or panics.
+    pub async fn wait_loaded(&self, id: i64, within: Duration) {
+        self.wait_until("every chunk loaded", within, || async {
+            let row = self
+                .db
+                .query_one(
+                    "SELECT b.chunks_total, count(c.seq) FILTER (WHERE c.state = 'loaded')
+                     FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id
+                     WHERE b.id = $1 GROUP BY b.id",
+                    &[&id],
+                )
+                .await
+                .expect("chunk counts");
+            row.get::<_, Option<i32>>(0).map(i64::from) == Some(row.get::<_, i64>(1))
+        })
+        .await;
     }
 
     /// `POST /batches` with a CSV body; returns the status code and the JSON body.
@@ -302,21 +395,28 @@ impl TestEnv {
 
     /// Messages waiting in the chunk queue.
     pub async fn queue_depth(&self) -> u32 {
+        self.depth_of(&self.queue).await.0
+    }
+
+    /// Messages waiting in the dead-letter queue.
+    pub async fn dead_letters(&self) -> u32 {
+        self.depth_of(&broker::dead_letter_queue(&self.queue))
+            .await
+            .0
+    }
+
+    /// Consumers of the chunk queue.
+    pub async fn consumers(&self) -> u32 {
+        self.depth_of(&self.queue).await.1
+    }
+
+    /// (messages ready, consumers) of a queue.
+    async fn depth_of(&self, queue: &str) -> (u32, u32) {
         let connection = amqp_connection("test").await;
         let channel = connection.create_channel().await.expect("channel");
-        let queue = channel
-            .queue_declare(
-                self.queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .await
-            .expect("queue");
+        let depth = broker::depth(&channel, queue).await.expect("queue");
         let _ = connection.close(200, "bye".into()).await;
-        queue.message_count()
+        depth
     }
 }
 

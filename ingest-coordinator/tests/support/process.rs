@@ -1,15 +1,84 @@
-//! The real `ingest-coordinator` binary as a child process on a test environment's database and
-//! queue, for tests about the process itself: its memory, its logs, its start-up refusals, its
-//! signals. Its stderr goes to a file the test can read; it is killed if the test ends early.
+//! The real `ingest-coordinator` and `ingest-worker` binaries as child processes on a test
+//! environment's database and queue, for tests about the processes themselves: their memory,
+//! logs, start-up refusals, signals and exits. Their stderr goes to a file the test can read;
+//! they are killed if the test ends early.
 
 use super::TestEnv;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A running coordinator process.
-pub struct CoordinatorProcess {
+/// A child process with its stderr in a file; killed when dropped.
+pub struct Spawned {
     child: Child,
     logs: tempfile::NamedTempFile,
+}
+
+impl Spawned {
+    /// Starts `command` with its stderr going to a file.
+    pub fn start(mut command: Command) -> Spawned {
+        let logs = tempfile::NamedTempFile::new().expect("log file");
+        command.stderr(logs.reopen().expect("log file"));
+        let child = command.spawn().expect("start the process");
+        Spawned { child, logs }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.logs.path()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit, at most `within`.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        wait_exit(&mut self.child, within)
+    }
+
+    /// Waits for the process to exit by itself, at most `within` (then panics).
+    pub fn wait(&mut self, within: Duration) -> ExitStatus {
+        wait_exit(&mut self.child, within)
+    }
+
+    /// True while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("wait for the child").is_none()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `ingest-worker` binary (pass `env!("CARGO_BIN_EXE_ingest-worker")`) on `env`'s database
+/// and queue, named `name` (its RabbitMQ connection is `ingest-worker <name>`).
+pub fn start_worker(exe: &str, env: &TestEnv, name: &str) -> Spawned {
+    let mut command = Command::new(exe);
+    command
+        .env("DATABASE_URL", &env.database_url)
+        .env("AMQP_URL", super::amqp_url())
+        .env("INGEST_QUEUE", &env.queue)
+        .env("INGEST_WORKER_NAME", name)
+        .env("INGEST_BACKOFF_MAX_MS", "200")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    Spawned::start(command)
+}
+
+/// A running coordinator process.
+pub struct CoordinatorProcess {
+    process: Spawned,
     _spool: tempfile::TempDir,
 }
 
@@ -45,13 +114,9 @@ impl CoordinatorProcess {
     /// Starts the coordinator, points `env` at it and waits until it is ready.
     pub async fn start(exe: &str, env: &mut TestEnv, settings: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let (mut command, spool) = Self::command(exe, env, port, settings);
-        let logs = tempfile::NamedTempFile::new().expect("log file");
-        command.stderr(logs.reopen().expect("log file"));
-        let child = command.spawn().expect("start ingest-coordinator");
+        let (command, spool) = Self::command(exe, env, port, settings);
         let process = CoordinatorProcess {
-            child,
-            logs,
+            process: Spawned::start(command),
             _spool: spool,
         };
         env.base = format!("http://127.0.0.1:{port}");
@@ -73,29 +138,17 @@ impl CoordinatorProcess {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Everything it wrote to stderr so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(self.logs.path()).unwrap_or_default()
+        self.process.logs()
     }
 
     /// Sends SIGTERM and waits for the exit, at most `within`.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
-        wait_exit(&mut self.child, within)
-    }
-}
-
-impl Drop for CoordinatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.terminate(within)
     }
 }
 

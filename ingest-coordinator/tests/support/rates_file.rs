@@ -63,3 +63,28 @@ pub fn totals(codes: &[String], seed: u64, rows: u64) -> (i64, i64) {
     let sum = (0..rows).map(|i| row(codes, seed, i).3).sum();
     (rows as i64, sum)
 }
+
+/// The file as a slow client sends it: 10,000-row blocks with `pause` between them (the pause is
+/// the point: a fault lands while the upload is still coming in).
+pub fn paced(
+    codes: Vec<String>,
+    seed: u64,
+    rows: u64,
+    pause: std::time::Duration,
+) -> reqwest::Body {
+    let blocks = futures_util::stream::unfold(0u64, move |from| {
+        let codes = codes.clone();
+        async move {
+            if from >= rows {
+                return None;
+            }
+            if from > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            let to = (from + 10_000).min(rows);
+            let block = Bytes::from(block(&codes, seed, from, to));
+            Some((Ok::<_, std::io::Error>(block), to))
+        }
+    });
+    reqwest::Body::wrap_stream(blocks)
+}

@@ -1,0 +1,164 @@
+//! Uploads and loads ride through real outages of the shared services: PostgreSQL stopped (fast
+//! shutdown: every session ended) and RabbitMQ's application stopped, then started again, in the
+//! middle of an upload and while workers load. Every batch ends committed with exactly its rows,
+//! no delivery is dead-lettered and no attempt counts against a chunk.
+//!
+//! These tests stop services every other test uses: each runs alone (an exclusive turn), and the
+//! services are started again whatever happens.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::outage::Services;
+use support::{rates_file, Options, TestEnv};
+
+const FINAL_WITHIN: Duration = Duration::from_secs(180);
+
+/// How long each outage lasts (the point of these tests: not a wait for a condition).
+const OUTAGE: Duration = Duration::from_secs(4);
+
+/// Polls the test database (a connection of its own) until the batch has at least `chunks`
+/// chunks recorded: the upload is under way.
+async fn wait_for_chunks(database_url: &str, chunks: i64) {
+    let client = ingest_core::db::connect(database_url).await.unwrap();
+    let deadline = Instant::now() + FINAL_WITHIN;
+    loop {
+        let recorded: i64 = client
+            .query_one("SELECT count(*) FROM chunks", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if recorded >= chunks {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the upload did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Checks a committed batch against the generated file and that no delivery or attempt was lost
+/// to the outage.
+async fn assert_committed_whole(env: &TestEnv, id: i64, seed: u64, rows: u64) {
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+    let codes = rates_file::port_codes(&support::data_dir());
+    let row = env
+        .db
+        .query_one(
+            "SELECT count(*), sum(price)::bigint FROM prices WHERE true",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, i64>(1)),
+        rates_file::totals(&codes, seed, rows)
+    );
+    let failures: i64 = env
+        .db
+        .query_one("SELECT coalesce(sum(failures), 0)::bigint FROM chunks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 0, "an outage is not a failed attempt");
+    assert_eq!(
+        env.dead_letters().await,
+        0,
+        "no delivery was spent on the outage"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_during_an_upload_ends_committed() {
+    let mut env = TestEnv::start(Options {
+        workers: 2,
+        chunk_rows: 20_000,
+        exclusive: true,
+        ..Options::default()
+    })
+    .await;
+    let services = Services::new();
+    const ROWS: u64 = 400_000;
+    let codes = rates_file::port_codes(&support::data_dir());
+    let body = rates_file::paced(codes, 51, ROWS, Duration::from_millis(100));
+    let database_url = env.database_url.clone();
+    let ((code, accepted, answered), back) = tokio::join!(
+        async {
+            let (code, accepted) = env.submit(body).await;
+            (code, accepted, Instant::now())
+        },
+        async {
+            wait_for_chunks(&database_url, 2).await;
+            services.stop_postgres();
+            tokio::time::sleep(OUTAGE).await;
+            services.start_postgres();
+            Instant::now()
+        }
+    );
+    assert_eq!(code, 202, "{accepted:#}");
+    assert!(answered > back, "the outage ended before the upload did");
+    env.reconnect_db().await;
+    assert_committed_whole(&env, accepted["id"].as_i64().unwrap(), 51, ROWS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_stopped_while_workers_load_ends_committed() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        chunk_rows: 20_000,
+        exclusive: true,
+        ..Options::default()
+    })
+    .await;
+    let services = Services::new();
+    const ROWS: u64 = 200_000;
+    let codes = rates_file::port_codes(&support::data_dir());
+    let (code, accepted) = env.submit(rates_file::whole(&codes, 52, ROWS)).await;
+    assert_eq!(code, 202, "{accepted:#}");
+    let id = accepted["id"].as_i64().unwrap();
+
+    // The workers take their deliveries while PostgreSQL is away: they keep them and try again.
+    services.stop_postgres();
+    env.start_workers(2);
+    tokio::time::sleep(OUTAGE).await;
+    services.start_postgres();
+    env.reconnect_db().await;
+    assert_committed_whole(&env, id, 52, ROWS).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rabbitmq_stopped_during_an_upload_ends_committed_and_workers_come_back() {
+    let env = TestEnv::start(Options {
+        workers: 2,
+        chunk_rows: 20_000,
+        exclusive: true,
+        ..Options::default()
+    })
+    .await;
+    let services = Services::new();
+    const ROWS: u64 = 300_000;
+    let codes = rates_file::port_codes(&support::data_dir());
+    let body = rates_file::paced(codes, 53, ROWS, Duration::from_millis(100));
+    let ((code, accepted, answered), back) = tokio::join!(
+        async {
+            let (code, accepted) = env.submit(body).await;
+            (code, accepted, Instant::now())
+        },
+        async {
+            wait_for_chunks(&env.database_url, 2).await;
+            services.stop_rabbitmq();
+            tokio::time::sleep(OUTAGE).await;
+            services.start_rabbitmq();
+            Instant::now()
+        }
+    );
+    assert_eq!(code, 202, "{accepted:#}");
+    assert!(answered > back, "the outage ended before the upload did");
+    assert_committed_whole(&env, accepted["id"].as_i64().unwrap(), 53, ROWS).await;
+    env.wait_until("both workers to consume again", FINAL_WITHIN, || async {
+        env.consumers().await == 2
+    })
+    .await;
+    let (code, ready) = env.get("/readyz").await;
+    assert_eq!(code, 200, "{ready:#}");
+}
