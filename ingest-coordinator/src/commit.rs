@@ -25,6 +25,7 @@ use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending};
 use ingest_core::outage::Retries;
 use ingest_core::schema;
+use std::collections::HashMap;
 use std::time::Instant;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,8 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.commit_poll());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retries = Retries::new(app.config.max_pause());
+    // Outages not yet in their batch's status (PostgreSQL was the outage): noted once it is back.
+    let mut unnoted: HashMap<i64, (i32, Fault)> = HashMap::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -52,6 +55,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             }
         };
         retries.retain(|batch_id| ready.contains(&batch_id));
+        unnoted.retain(|batch_id, _| ready.contains(batch_id));
         for batch_id in ready {
             if shutdown.is_cancelled() {
                 return;
@@ -59,12 +63,19 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             if !retries.is_due(batch_id) {
                 continue;
             }
+            if let Some((attempt, fault)) = unnoted.remove(&batch_id) {
+                if !note_outage(&app, batch_id, attempt, &fault).await {
+                    unnoted.insert(batch_id, (attempt, fault));
+                }
+            }
             match commit_batch(&app, batch_id).await {
                 Ok(_) => retries.forget(batch_id),
                 Err(fault) => {
                     let attempt = retries.failed(batch_id);
                     tracing::warn!(batch_id, attempt, %fault, "commit hit an outage; will try again");
-                    note_outage(&app, batch_id, attempt, &fault).await;
+                    if !note_outage(&app, batch_id, attempt, &fault).await {
+                        unnoted.insert(batch_id, (attempt, fault));
+                    }
                 }
             }
         }
@@ -77,15 +88,20 @@ async fn ready_batches(app: &AppState) -> Result<Vec<i64>, Fault> {
     Ok(ledger::batches_to_commit(&client).await?)
 }
 
-/// Puts the outage in the batch's status, if PostgreSQL takes it (it may be the outage).
-async fn note_outage(app: &AppState, batch_id: i64, attempt: i32, fault: &Fault) {
+/// Puts the outage in the batch's status; false when PostgreSQL does not take it (it may be the
+/// outage), to be tried again before the next attempt.
+async fn note_outage(app: &AppState, batch_id: i64, attempt: i32, fault: &Fault) -> bool {
     let noted = async {
         let client = app.pool.get().await?;
         ledger::record_outage(&client, batch_id, "commit", attempt, &fault.to_string()).await?;
         Ok::<(), Fault>(())
     };
-    if let Err(error) = noted.await {
-        tracing::debug!(batch_id, %error, "cannot note the outage in the batch's status");
+    match noted.await {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::debug!(batch_id, %error, "cannot note the outage in the batch's status yet");
+            false
+        }
     }
 }
 

@@ -360,3 +360,65 @@ async fn a_retry_with_the_key_of_a_broken_off_upload_is_a_fresh_submit() {
     assert_eq!(status["state"], "committed", "{status:#}");
     assert_eq!(env.prices_count().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let id = submit_generated(&env, 61, 20_000).await;
+    env.stop_coordinator().await;
+    env.start_workers(2);
+    env.wait_loaded(id, FINAL_WITHIN).await;
+
+    // Hold the batch's staging table so the commit's index build waits on it, then end the
+    // commit's session as a database restart would (57P01).
+    let blocker = env.db.transaction().await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            schema::staging_table(id)
+        ))
+        .await
+        .unwrap();
+    let watcher = ingest_core::db::connect(&env.database_url).await.unwrap();
+    let running = ingest_coordinator::app::start(env.config.clone())
+        .await
+        .unwrap();
+    let index_build = format!("%CREATE INDEX IF NOT EXISTS batch_{id}_route_day%");
+    let deadline = std::time::Instant::now() + FINAL_WITHIN;
+    loop {
+        let killed: i64 = watcher
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE query LIKE $1 AND wait_event_type = 'Lock'",
+                &[&index_build],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if killed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.rollback().await.unwrap();
+    env.base = format!("http://{}", running.addr);
+    env.coordinator = Some(running);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+    assert_eq!(status["outage"]["step"], "commit", "{status:#}");
+    assert_eq!(status["outage"]["attempt"], 1, "{status:#}");
+    let reason = status["outage"]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("building the batch's index: ") && reason.contains("SQLSTATE 57P01"),
+        "{reason}"
+    );
+    assert_eq!(batch_totals(&env, id).await, expected(61, 20_000));
+}

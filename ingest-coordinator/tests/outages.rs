@@ -162,3 +162,82 @@ async fn rabbitmq_stopped_during_an_upload_ends_committed_and_workers_come_back(
     let (code, ready) = env.get("/readyz").await;
     assert_eq!(code, 200, "{ready:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
+    let mut env = TestEnv::start(Options {
+        workers: 2,
+        chunk_rows: 20_000,
+        redrive_after_seconds: 1.0,
+        exclusive: true,
+        ..Options::default()
+    })
+    .await;
+    env.stop_coordinator().await;
+    let mut config = env.config.clone();
+    config.ride_through_seconds = 2;
+    env.start_coordinator_with(config).await;
+    let services = Services::new();
+    const ROWS: u64 = 400_000;
+    let codes = rates_file::port_codes(&support::data_dir());
+    let body = rates_file::paced(codes.clone(), 54, ROWS, Duration::from_millis(100));
+    let database_url = env.database_url.clone();
+    let ((code, answer), ()) = tokio::join!(
+        env.submit_with(body, &[("idempotency-key", "k-outage")]),
+        async {
+            wait_for_chunks(&database_url, 2).await;
+            services.stop_postgres();
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            services.start_postgres();
+        }
+    );
+    assert_eq!(code, 503, "{answer:#}");
+    assert_eq!(answer["error"]["code"], "unavailable", "{answer:#}");
+    let request_id = answer["error"]["request_id"].as_str().unwrap();
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.ends_with(&format!("(request {request_id})")),
+        "{message}"
+    );
+    for internal in ["SQLSTATE", "db error", "FATAL", "127.0.0.1", "connection"] {
+        assert!(!message.contains(internal), "{message}");
+    }
+
+    // Once PostgreSQL is back, the batch is failed, its key freed, its rows and spool dropped.
+    env.reconnect_db().await;
+    let id: i64 = env
+        .db
+        .query_one("SELECT min(id) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let key: Option<String> = env
+        .db
+        .query_one("SELECT idempotency_key FROM batches WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, None, "the key is free for the retry");
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    assert!(!env.spool.path().join(format!("batch-{id}")).exists());
+    assert_eq!(env.prices_count().await, 0);
+
+    // The client's retry with the same key loads the file once.
+    let (code, accepted) = env
+        .submit_with(
+            rates_file::whole(&codes, 54, ROWS),
+            &[("idempotency-key", "k-outage")],
+        )
+        .await;
+    assert_eq!(code, 202, "{accepted:#}");
+    let retried = accepted["id"].as_i64().unwrap();
+    assert_ne!(retried, id);
+    let status = env.wait_final(retried, FINAL_WITHIN).await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+    assert_eq!(
+        (env.prices_count().await, ROWS as i64),
+        (ROWS as i64, ROWS as i64)
+    );
+}
