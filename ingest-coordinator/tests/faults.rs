@@ -291,6 +291,28 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
     second.stop().await.unwrap();
 }
 
+/// What a handler that died before it could record the end of its upload leaves behind: a batch
+/// `receiving` under `key` that nothing feeds.
+async fn orphan_upload(env: &TestEnv, key: &str) -> i64 {
+    let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
+    match ledger::create_batch(&mut client, Some(key)).await.unwrap() {
+        ledger::NewBatch::Created(id) => id,
+        ledger::NewBatch::Existing(id) => panic!("the key {key} is held by batch {id}"),
+    }
+}
+
+/// Sends a one-row file with `key`: it must be a new batch (not `orphan`) that commits.
+async fn resubmit_commits(env: &TestEnv, key: &str, orphan: i64) {
+    let body = "orig_code,dest_code,day,price\nCNSGH,NLRTM,2016-01-01,100\n";
+    let (code, accepted) = env.submit_with(body, &[("idempotency-key", key)]).await;
+    assert_eq!(code, 202, "{accepted:#}");
+    assert_ne!(accepted["id"], orphan);
+    let status = env
+        .wait_final(accepted["id"].as_i64().unwrap(), FINAL_WITHIN)
+        .await;
+    assert_eq!(status["state"], "committed", "{status:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_nobody_feeds_is_ended_and_its_key_freed() {
     let env = TestEnv::start(Options {
@@ -298,14 +320,7 @@ async fn an_upload_nobody_feeds_is_ended_and_its_key_freed() {
         ..Options::default()
     })
     .await;
-    // What a handler that died before it could record the end of its upload leaves behind.
-    let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
-    let ledger::NewBatch::Created(orphan) = ledger::create_batch(&mut client, Some("k-orphan"))
-        .await
-        .unwrap()
-    else {
-        panic!("a new key makes a new batch")
-    };
+    let orphan = orphan_upload(&env, "k-orphan").await;
     let status = env.wait_final(orphan, FINAL_WITHIN).await;
     assert_eq!(status["state"], "failed", "{status:#}");
     assert!(
@@ -316,48 +331,17 @@ async fn an_upload_nobody_feeds_is_ended_and_its_key_freed() {
         "{status:#}"
     );
     assert_eq!(env.unattached_staging_tables().await, 0);
-
     // The key is free: the retry with it is a fresh batch that commits.
-    let body = format!(
-        "orig_code,dest_code,day,price\n{}",
-        "CNSGH,NLRTM,2016-01-01,100\n"
-    );
-    let (code, accepted) = env
-        .submit_with(body, &[("idempotency-key", "k-orphan")])
-        .await;
-    assert_eq!(code, 202, "{accepted:#}");
-    assert_ne!(accepted["id"], orphan);
-    let status = env
-        .wait_final(accepted["id"].as_i64().unwrap(), FINAL_WITHIN)
-        .await;
-    assert_eq!(status["state"], "committed", "{status:#}");
+    resubmit_commits(&env, "k-orphan", orphan).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_with_the_key_of_a_broken_off_upload_is_a_fresh_submit() {
-    // A long sweep delay: the key must be freed by the retry itself, not by the sweep.
+    // The sweep waits 30 s: the key must be freed by the retry itself.
     let env = TestEnv::start(Options::default()).await;
-    let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
-    let ledger::NewBatch::Created(orphan) = ledger::create_batch(&mut client, Some("k-broken"))
-        .await
-        .unwrap()
-    else {
-        panic!("a new key makes a new batch")
-    };
-    let body = format!(
-        "orig_code,dest_code,day,price\n{}",
-        "CNSGH,NLRTM,2016-01-01,100\n"
-    );
-    let (code, accepted) = env
-        .submit_with(body, &[("idempotency-key", "k-broken")])
-        .await;
-    assert_eq!(code, 202, "{accepted:#}");
-    assert_ne!(accepted["id"], orphan);
+    let orphan = orphan_upload(&env, "k-broken").await;
+    resubmit_commits(&env, "k-broken", orphan).await;
     assert_eq!(env.batch_state(orphan).await, "failed");
-    let status = env
-        .wait_final(accepted["id"].as_i64().unwrap(), FINAL_WITHIN)
-        .await;
-    assert_eq!(status["state"], "committed", "{status:#}");
     assert_eq!(env.prices_count().await, 1);
 }
 

@@ -36,6 +36,39 @@ async fn wait_for_chunks(database_url: &str, chunks: i64) {
     }
 }
 
+/// Submits `rows` generated rows (seed `seed`, optional Idempotency-Key) as a slow client and,
+/// once the upload is under way, runs `stop`, lets the outage last `outage`, runs `start`.
+/// Returns the answer, and whether it came after the service was back (the outage landed in the
+/// middle of the upload).
+async fn upload_through_outage(
+    env: &TestEnv,
+    (seed, rows, key): (u64, u64, Option<&str>),
+    outage: Duration,
+    stop: impl FnOnce(),
+    start: impl FnOnce(),
+) -> (u16, serde_json::Value, bool) {
+    let codes = rates_file::port_codes(&support::data_dir());
+    let body = rates_file::paced(codes, seed, rows, Duration::from_millis(100));
+    let headers: Vec<(&str, &str)> = key
+        .map(|key| ("idempotency-key", key))
+        .into_iter()
+        .collect();
+    let ((code, answer, answered), back) = tokio::join!(
+        async {
+            let (code, answer) = env.submit_with(body, &headers).await;
+            (code, answer, Instant::now())
+        },
+        async {
+            wait_for_chunks(&env.database_url, 2).await;
+            stop();
+            tokio::time::sleep(outage).await;
+            start();
+            Instant::now()
+        }
+    );
+    (code, answer, answered > back)
+}
+
 /// Checks a committed batch against the generated file and that no delivery or attempt was lost
 /// to the outage.
 async fn assert_committed_whole(env: &TestEnv, id: i64, seed: u64, rows: u64) {
@@ -79,24 +112,16 @@ async fn postgres_stopped_during_an_upload_ends_committed() {
     .await;
     let services = Services::new();
     const ROWS: u64 = 400_000;
-    let codes = rates_file::port_codes(&support::data_dir());
-    let body = rates_file::paced(codes, 51, ROWS, Duration::from_millis(100));
-    let database_url = env.database_url.clone();
-    let ((code, accepted, answered), back) = tokio::join!(
-        async {
-            let (code, accepted) = env.submit(body).await;
-            (code, accepted, Instant::now())
-        },
-        async {
-            wait_for_chunks(&database_url, 2).await;
-            services.stop_postgres();
-            tokio::time::sleep(OUTAGE).await;
-            services.start_postgres();
-            Instant::now()
-        }
-    );
+    let (code, accepted, landed) = upload_through_outage(
+        &env,
+        (51, ROWS, None),
+        OUTAGE,
+        || services.stop_postgres(),
+        || services.start_postgres(),
+    )
+    .await;
     assert_eq!(code, 202, "{accepted:#}");
-    assert!(answered > back, "the outage ended before the upload did");
+    assert!(landed, "the outage ended after the upload did");
     env.reconnect_db().await;
     assert_committed_whole(&env, accepted["id"].as_i64().unwrap(), 51, ROWS).await;
 }
@@ -137,23 +162,16 @@ async fn rabbitmq_stopped_during_an_upload_ends_committed_and_workers_come_back(
     .await;
     let services = Services::new();
     const ROWS: u64 = 300_000;
-    let codes = rates_file::port_codes(&support::data_dir());
-    let body = rates_file::paced(codes, 53, ROWS, Duration::from_millis(100));
-    let ((code, accepted, answered), back) = tokio::join!(
-        async {
-            let (code, accepted) = env.submit(body).await;
-            (code, accepted, Instant::now())
-        },
-        async {
-            wait_for_chunks(&env.database_url, 2).await;
-            services.stop_rabbitmq();
-            tokio::time::sleep(OUTAGE).await;
-            services.start_rabbitmq();
-            Instant::now()
-        }
-    );
+    let (code, accepted, landed) = upload_through_outage(
+        &env,
+        (53, ROWS, None),
+        OUTAGE,
+        || services.stop_rabbitmq(),
+        || services.start_rabbitmq(),
+    )
+    .await;
     assert_eq!(code, 202, "{accepted:#}");
-    assert!(answered > back, "the outage ended before the upload did");
+    assert!(landed, "the outage ended after the upload did");
     assert_committed_whole(&env, accepted["id"].as_i64().unwrap(), 53, ROWS).await;
     env.wait_until("both workers to consume again", FINAL_WITHIN, || async {
         env.consumers().await == 2
@@ -179,18 +197,14 @@ async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
     env.start_coordinator_with(config).await;
     let services = Services::new();
     const ROWS: u64 = 400_000;
-    let codes = rates_file::port_codes(&support::data_dir());
-    let body = rates_file::paced(codes.clone(), 54, ROWS, Duration::from_millis(100));
-    let database_url = env.database_url.clone();
-    let ((code, answer), ()) = tokio::join!(
-        env.submit_with(body, &[("idempotency-key", "k-outage")]),
-        async {
-            wait_for_chunks(&database_url, 2).await;
-            services.stop_postgres();
-            tokio::time::sleep(Duration::from_secs(8)).await;
-            services.start_postgres();
-        }
-    );
+    let (code, answer, _) = upload_through_outage(
+        &env,
+        (54, ROWS, Some("k-outage")),
+        Duration::from_secs(8),
+        || services.stop_postgres(),
+        || services.start_postgres(),
+    )
+    .await;
     assert_eq!(code, 503, "{answer:#}");
     assert_eq!(answer["error"]["code"], "unavailable", "{answer:#}");
     let request_id = answer["error"]["request_id"].as_str().unwrap();
@@ -225,6 +239,7 @@ async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
     assert_eq!(env.prices_count().await, 0);
 
     // The client's retry with the same key loads the file once.
+    let codes = rates_file::port_codes(&support::data_dir());
     let (code, accepted) = env
         .submit_with(
             rates_file::whole(&codes, 54, ROWS),
