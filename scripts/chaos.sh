@@ -254,6 +254,9 @@ fi
 psql_q "SELECT 'chunks: ' || count(*) || ', deliveries beyond the first: ' || sum(attempts - 1)
         || ', refused attempts: ' || sum(failures) FROM chunks c JOIN batches b ON b.id = c.batch_id
         WHERE b.idempotency_key = '$key'"
+psql_q "SELECT 'commit: ' || coalesce(round(commit_seconds::numeric, 1)::text, '?') || ' s; last outage it rode through: '
+        || coalesce(outage_step || ' attempt ' || outage_attempt || ': ' || outage_reason, 'none')
+        FROM batches WHERE idempotency_key = '$key'"
 psql_q "SELECT 'prices: ' || count(*) || ' rows, sum ' || sum(price) FROM prices"
 echo "$verdict"
 

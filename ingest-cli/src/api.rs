@@ -54,7 +54,7 @@ pub struct BatchStatus {
 /// An outage a batch's step met (it is tried again; the batch does not fail for it).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Outage {
-    /// The step (`commit`).
+    /// The step (`load`, `commit`).
     pub step: String,
     /// Which attempt of the step met it.
     pub attempt: i64,

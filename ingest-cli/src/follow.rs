@@ -211,10 +211,14 @@ fn plain_line(status: &BatchStatus) -> String {
     line
 }
 
-/// `commit attempt 2 met an outage: …`, while the step is still being retried.
+/// `commit attempt 2 met an outage, retrying: …`, while the batch is in that step.
 fn outage(status: &BatchStatus) -> Option<String> {
     let outage = status.outage.as_ref()?;
-    (status.state == "committing" && outage.step == "commit").then(|| {
+    let current = matches!(
+        (status.state.as_str(), outage.step.as_str()),
+        ("committing", "commit") | ("loading", "load")
+    );
+    current.then(|| {
         format!(
             "{} attempt {} met an outage, retrying: {}",
             outage.step, outage.attempt, outage.reason

@@ -74,14 +74,15 @@ pub struct BatchStatus {
     pub rows_per_second: Option<f64>,
     /// Seconds left at the current rate, while the batch is open.
     pub eta_seconds: Option<f64>,
-    /// The last outage a step of the batch rode through (the commit tries again meanwhile).
+    /// The last outage a step of the batch rode through (a worker loading it, or the commit, tries
+    /// again meanwhile).
     pub outage: Option<Outage>,
 }
 
 /// An outage a batch's step met: it is tried again, and the batch does not fail for it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Outage {
-    /// The step (`commit`).
+    /// The step (`load`, `commit`).
     pub step: String,
     /// Which attempt of the step met it (from 1).
     pub attempt: i32,

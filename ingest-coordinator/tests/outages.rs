@@ -149,6 +149,12 @@ async fn postgres_stopped_while_workers_load_ends_committed() {
     services.start_postgres();
     env.reconnect_db().await;
     assert_committed_whole(&env, id, 52, ROWS).await;
+    let (_, status) = env.get(&format!("/batches/{id}")).await;
+    assert_eq!(status["outage"]["step"], "load", "{status:#}");
+    assert!(
+        status["outage"]["attempt"].as_i64().unwrap() >= 1,
+        "{status:#}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

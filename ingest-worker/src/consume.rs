@@ -19,6 +19,8 @@ use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use ingest_core::chunk::ChunkMessage;
+use ingest_core::fault::Fault;
+use ingest_core::ledger;
 use ingest_core::outage::Patience;
 use ingest_core::{broker, db};
 use lapin::message::Delivery;
@@ -141,6 +143,24 @@ struct Chunk {
 }
 
 impl Chunk {
+    /// Puts the outage in the batch's status; false when PostgreSQL does not take it (it may be
+    /// the outage).
+    async fn note_outage(&self, batch_id: i64, attempt: u32, fault: &Fault) -> bool {
+        let noted = async {
+            let client = self.pool.get().await?;
+            let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
+            ledger::record_outage(&client, batch_id, "load", attempt, &fault.to_string()).await?;
+            Ok::<(), Fault>(())
+        };
+        match noted.await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(batch_id, %error, "cannot note the outage in the batch's status yet");
+                false
+            }
+        }
+    }
+
     /// Loads one delivery, riding through PostgreSQL outages with the delivery in hand, and
     /// settles it with RabbitMQ.
     async fn handle(self, delivery: Delivery) {
@@ -160,6 +180,8 @@ impl Chunk {
         let payload = Bytes::from(delivery.data);
         let mut pauses = self.patience.pauses();
         let mut attempt = 1u32;
+        // The last outage, until it is in the batch's status (not while PostgreSQL is the outage).
+        let mut unnoted: Option<(u32, Fault)> = None;
         let outcome = loop {
             let loaded = load::load(
                 &self.pool,
@@ -175,6 +197,8 @@ impl Chunk {
             };
             let pause = pauses.next().unwrap_or(self.patience.max_pause);
             tracing::warn!(batch_id, seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
+            unnoted =
+                (!self.note_outage(batch_id, attempt, &fault).await).then_some((attempt, fault));
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     // Unacknowledged: RabbitMQ delivers it again once this channel closes.
@@ -185,6 +209,9 @@ impl Chunk {
             }
             attempt += 1;
         };
+        if let Some((attempt, fault)) = unnoted {
+            self.note_outage(batch_id, attempt, &fault).await;
+        }
         match &outcome {
             Outcome::Loaded => tracing::debug!(batch_id, seq, "chunk loaded"),
             Outcome::AlreadyLoaded => {
