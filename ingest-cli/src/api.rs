@@ -1,12 +1,12 @@
 //! The coordinator's HTTP API as the CLI uses it: one client that knows the base URL and the
-//! token, the few status fields the commands show, and every way a request can go wrong turned
-//! into one readable line.
+//! token, the answers read as `ingest-wire`'s types (the coordinator's own), and every way a
+//! request can go wrong turned into one readable line.
 
 use anyhow::Context;
+use ingest_wire::{headers, BatchId, BatchPage, BatchStatus, ErrorBody, IdempotencyKey};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use reqwest::{Body, RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
@@ -16,106 +16,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A batch's status as `GET /batches/{id}` returns it, only the fields the CLI shows.
-#[derive(Debug, Clone, Deserialize)]
-pub struct BatchStatus {
-    /// The batch id.
-    pub id: i64,
-    /// `receiving`, `loading`, `committing`, `committed`, `failed` or `cancelled`.
-    pub state: String,
-    /// Rows in the file, once the upload is complete.
-    pub rows_total: Option<i64>,
-    /// Rows staged by workers so far.
-    pub rows_loaded: i64,
-    /// Chunk counts.
-    pub chunks: Chunks,
-    /// Why the batch failed or was cancelled.
-    pub error: Option<String>,
-    /// Input errors found (more than `errors` holds when the file had many).
-    #[serde(default)]
-    pub error_count: i64,
-    /// The first input errors.
-    #[serde(default, deserialize_with = "null_as_empty")]
-    pub errors: Vec<RowError>,
-    /// When the submit began (RFC 3339).
-    pub created_at: String,
-    /// Seconds the commit took.
-    pub commit_seconds: Option<f64>,
-    /// Rows loaded per second since the first chunk was published.
-    pub rows_per_second: Option<f64>,
-    /// Seconds left at the current rate.
-    pub eta_seconds: Option<f64>,
-    /// The last outage a step of the batch rode through.
-    #[serde(default)]
-    pub outage: Option<Outage>,
-}
-
-/// An outage a batch's step met (it is tried again; the batch does not fail for it).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Outage {
-    /// The step (`load`, `commit`).
-    pub step: String,
-    /// Which attempt of the step met it.
-    pub attempt: i64,
-    /// What went wrong.
-    pub reason: String,
-}
-
-impl BatchStatus {
-    /// A batch in a final state never changes again.
-    pub fn is_final(&self) -> bool {
-        matches!(self.state.as_str(), "committed" | "failed" | "cancelled")
-    }
-}
-
-/// Chunk counts of a batch, only those the CLI shows.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Chunks {
-    /// Chunks cut so far.
-    pub total: i64,
-    /// Chunks whose rows are staged.
-    pub loaded: i64,
-}
-
-/// One error in a submitted file.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RowError {
-    /// The line in the file (the header is line 1).
-    pub line: u64,
-    /// The column's name; absent when the error is about the whole line.
-    #[serde(default)]
-    pub column: Option<String>,
-    /// The offending value, shortened by the coordinator.
-    #[serde(default)]
-    pub value: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for RowError {
-    /// `line L, column C: message (value "V")`, leaving out what the coordinator did not say.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "line {}", self.line)?;
-        if let Some(column) = &self.column {
-            write!(f, ", column {column}")?;
-        }
-        write!(f, ": {}", self.message)?;
-        if let Some(value) = &self.value {
-            // Debug quotes the value and escapes control characters a terminal would act on.
-            write!(f, " (value {value:?})")?;
-        }
-        Ok(())
-    }
-}
-
-/// Reads `errors` as empty when it is null.
-fn null_as_empty<'de, D>(deserializer: D) -> Result<Vec<RowError>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    Ok(Option::<Vec<RowError>>::deserialize(deserializer)?.unwrap_or_default())
-}
 
 /// How a submit ended, when the coordinator answered with a batch.
 #[derive(Debug)]
@@ -210,7 +110,7 @@ impl Coordinator {
         &self,
         body: Body,
         gzip: bool,
-        idempotency_key: Option<&str>,
+        idempotency_key: Option<&IdempotencyKey>,
     ) -> anyhow::Result<Submitted> {
         let mut request = self
             .mutating(self.http.post(self.url("/batches")))
@@ -220,7 +120,7 @@ impl Coordinator {
             request = request.header(CONTENT_ENCODING, "gzip");
         }
         if let Some(key) = idempotency_key {
-            request = request.header("Idempotency-Key", key);
+            request = request.header(headers::IDEMPOTENCY_KEY, key.as_str());
         }
         let (status, body) = self.send(request).await?;
         let batch = parse(body)?;
@@ -233,7 +133,7 @@ impl Coordinator {
     }
 
     /// `GET /batches/{id}`, as the coordinator wrote it.
-    pub async fn status_json(&self, id: i64) -> anyhow::Result<Value> {
+    pub async fn status_json(&self, id: BatchId) -> anyhow::Result<Value> {
         let request = self
             .http
             .get(self.url(&format!("/batches/{id}")))
@@ -246,7 +146,7 @@ impl Coordinator {
     }
 
     /// `GET /batches/{id}`.
-    pub async fn status(&self, id: i64) -> anyhow::Result<BatchStatus> {
+    pub async fn status(&self, id: BatchId) -> anyhow::Result<BatchStatus> {
         parse(self.status_json(id).await?)
     }
 
@@ -257,19 +157,13 @@ impl Coordinator {
 
     /// `GET /batches?idempotency_key=K`: the batch submitted with `key`, if the coordinator
     /// keeps one (it forgets the key of an upload that broke off).
-    pub async fn find_by_key(&self, key: &str) -> anyhow::Result<Option<BatchStatus>> {
+    pub async fn find_by_key(&self, key: &IdempotencyKey) -> anyhow::Result<Option<BatchStatus>> {
         let batches = self.page(&[("idempotency_key", key.to_string())]).await?;
         Ok(batches.into_iter().next())
     }
 
     /// One page of `GET /batches` with `query`.
     async fn page(&self, query: &[(&str, String)]) -> anyhow::Result<Vec<BatchStatus>> {
-        /// The page `GET /batches` answers.
-        #[derive(Deserialize)]
-        struct Page {
-            /// The batches, newest first.
-            batches: Vec<BatchStatus>,
-        }
         let request = self
             .http
             .get(self.url("/batches"))
@@ -279,11 +173,11 @@ impl Coordinator {
         if status != StatusCode::OK {
             return Err(unexpected(status));
         }
-        Ok(parse::<Page>(body)?.batches)
+        Ok(parse::<BatchPage>(body)?.batches)
     }
 
     /// `POST /batches/{id}/cancel`.
-    pub async fn cancel(&self, id: i64) -> anyhow::Result<Cancelled> {
+    pub async fn cancel(&self, id: BatchId) -> anyhow::Result<Cancelled> {
         let request = self
             .mutating(self.http.post(self.url(&format!("/batches/{id}/cancel"))))
             .timeout(READ_TIMEOUT);
@@ -337,11 +231,15 @@ impl Coordinator {
             return Err(Failure::Answered { status, message }.into());
         };
         if let Some(error) = body.get("error").filter(|error| error.is_object()) {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("the coordinator gave no reason")
-                .to_string();
+            // The coordinator's errors are an `ErrorBody`; a proxy's may only look like one.
+            let message = match serde_json::from_value::<ErrorBody>(body.clone()) {
+                Ok(ErrorBody { error }) => error.message,
+                Err(_) => error
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the coordinator gave no reason")
+                    .to_string(),
+            };
             return Err(Failure::Answered { status, message }.into());
         }
         Ok((status, body))

@@ -1,8 +1,9 @@
 //! Following a batch to its end: polls its status, shows progress (a live bar on a terminal, a
 //! plain line every few seconds otherwise) and turns the final state into the command's outcome.
 
-use crate::api::{BatchStatus, Coordinator, Failure, RowError};
+use crate::api::{Coordinator, Failure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ingest_wire::{BatchId, BatchState, BatchStatus, RowError};
 use std::time::{Duration, Instant};
 
 /// How often the status is read.
@@ -16,10 +17,10 @@ const ERRORS_SHOWN: usize = 20;
 
 /// Polls batch `id` until it is final or `timeout` passes, showing progress; succeeds when the
 /// batch committed.
-pub async fn follow(api: &Coordinator, id: i64, timeout: Duration) -> anyhow::Result<()> {
+pub async fn follow(api: &Coordinator, id: BatchId, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut progress = Progress::new(id);
-    let mut state = String::from("unknown");
+    let mut state = None;
     loop {
         match api.status(id).await {
             Ok(status) if status.is_final() => {
@@ -28,7 +29,7 @@ pub async fn follow(api: &Coordinator, id: i64, timeout: Duration) -> anyhow::Re
             }
             Ok(status) => {
                 progress.show(&status);
-                state = status.state;
+                state = Some(status.state);
             }
             // A restarting coordinator: keep asking until the deadline.
             Err(error) if is_transient(&error) => progress.waiting(&error),
@@ -39,6 +40,7 @@ pub async fn follow(api: &Coordinator, id: i64, timeout: Duration) -> anyhow::Re
         }
         if Instant::now() >= deadline {
             progress.finish();
+            let state = state.map_or("unknown", BatchState::as_str);
             anyhow::bail!(
                 "batch {id} is still {state} after {} s; keep following it with `ingest wait {id}`",
                 timeout.as_secs()
@@ -51,7 +53,7 @@ pub async fn follow(api: &Coordinator, id: i64, timeout: Duration) -> anyhow::Re
 /// The outcome of a final batch: the committed line, or its errors and a failure.
 pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
     let id = status.id;
-    if status.state == "committed" {
+    if status.state == BatchState::Committed {
         let rows = status.rows_total.unwrap_or(status.rows_loaded);
         let commit = status
             .commit_seconds
@@ -68,11 +70,11 @@ pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
 }
 
 /// Prints the first input errors on stderr, one a line, and how many more there are.
-pub fn print_errors(errors: &[RowError], error_count: i64) {
+pub fn print_errors(errors: &[RowError], error_count: u64) {
     for error in errors.iter().take(ERRORS_SHOWN) {
         eprintln!("{error}");
     }
-    let shown = errors.len().min(ERRORS_SHOWN) as i64;
+    let shown = errors.len().min(ERRORS_SHOWN) as u64;
     if error_count > shown {
         eprintln!("… and {} more", error_count - shown);
     }
@@ -88,7 +90,7 @@ fn is_transient(error: &anyhow::Error) -> bool {
 /// The progress display of one batch.
 struct Progress {
     /// The batch id.
-    id: i64,
+    id: BatchId,
     /// The bar, drawn on stdout; hidden when stdout is not a terminal.
     bar: ProgressBar,
     /// When the last plain line was printed (only used when the bar is hidden).
@@ -97,7 +99,7 @@ struct Progress {
 
 impl Progress {
     /// A spinner until the batch's row count is known.
-    fn new(id: i64) -> Progress {
+    fn new(id: BatchId) -> Progress {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
         bar.set_style(spinner_style());
         bar.set_prefix(id.to_string());
@@ -116,15 +118,13 @@ impl Progress {
     fn show(&mut self, status: &BatchStatus) {
         match status.rows_total {
             Some(total) => {
-                let total = total.max(0) as u64;
                 if self.bar.length() != Some(total) {
                     self.bar.set_style(bar_style());
                     self.bar.set_length(total);
                 }
-                self.bar
-                    .set_position((status.rows_loaded.max(0) as u64).min(total));
+                self.bar.set_position(status.rows_loaded.min(total));
             }
-            None => self.bar.set_position(status.rows_loaded.max(0) as u64),
+            None => self.bar.set_position(status.rows_loaded),
         }
         self.bar.set_message(summary(status));
         self.plain(|| plain_line(status));
@@ -175,7 +175,7 @@ fn bar_style() -> ProgressStyle {
 /// State, chunks, rate and ETA: `loading · 6/12 chunks · 51234 rows/s · ETA 1s`.
 fn summary(status: &BatchStatus) -> String {
     let mut parts = vec![
-        status.state.clone(),
+        status.state.to_string(),
         format!("{}/{} chunks", status.chunks.loaded, status.chunks.total),
     ];
     if let Some(rate) = status.rows_per_second {
@@ -215,8 +215,8 @@ fn plain_line(status: &BatchStatus) -> String {
 fn outage(status: &BatchStatus) -> Option<String> {
     let outage = status.outage.as_ref()?;
     let current = matches!(
-        (status.state.as_str(), outage.step.as_str()),
-        ("committing", "commit") | ("loading", "load")
+        (status.state, outage.step.as_str()),
+        (BatchState::Committing, "commit") | (BatchState::Loading, "load")
     );
     current.then(|| {
         format!(

@@ -8,6 +8,7 @@ mod submit;
 
 use api::{Cancelled, Coordinator};
 use clap::{Args, Parser, Subcommand};
+use ingest_wire::{BatchId, IdempotencyKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,8 +50,8 @@ enum Command {
         #[arg(long)]
         gzip: bool,
         /// Makes a retried submit return the earlier batch instead of loading the file twice.
-        #[arg(long, value_name = "KEY")]
-        idempotency_key: Option<String>,
+        #[arg(long, value_name = "KEY", value_parser = parse_key)]
+        idempotency_key: Option<IdempotencyKey>,
         /// Return once the file is accepted instead of following the batch.
         #[arg(long)]
         no_wait: bool,
@@ -84,6 +85,11 @@ enum Command {
         /// The batch id.
         id: i64,
     },
+}
+
+/// An `--idempotency-key`, checked as the coordinator checks it.
+fn parse_key(key: &str) -> Result<IdempotencyKey, String> {
+    IdempotencyKey::parse(key).map_err(|invalid| invalid.to_string())
 }
 
 /// How long to follow a batch.
@@ -142,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let submission = submit::Submission {
                 file: &file,
                 gzip,
-                idempotency_key: idempotency_key.as_deref(),
+                idempotency_key: idempotency_key.as_ref(),
                 retry_for: Duration::from_secs(retry_for),
             };
             let status = submit::submit(&api, &submission).await?;
@@ -155,13 +161,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Status { id } => {
-            let status = api.status_json(id).await?;
+            let status = api.status_json(BatchId(id)).await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
-        Command::Wait { id, follow } => follow::follow(&api, id, follow.timeout()).await,
+        Command::Wait { id, follow } => follow::follow(&api, BatchId(id), follow.timeout()).await,
         Command::List { limit } => list(&api, limit).await,
-        Command::Cancel { id } => match api.cancel(id).await? {
+        Command::Cancel { id } => match api.cancel(BatchId(id)).await? {
             Cancelled::Now(status) => {
                 println!("batch {} cancelled", status.id);
                 Ok(())

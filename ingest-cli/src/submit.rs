@@ -1,10 +1,11 @@
 //! `ingest submit`: streams a file to the coordinator (never holding it in memory, with an
 //! upload bar on a terminal) and says what became of it.
 
-use crate::api::{BatchStatus, Coordinator, Failure, Submitted};
+use crate::api::{Coordinator, Failure, Submitted};
 use crate::follow;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ingest_wire::{BatchState, BatchStatus, IdempotencyKey};
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -36,7 +37,7 @@ pub struct Submission<'a> {
     pub gzip: bool,
     /// Makes a retried submit return the earlier batch instead of loading the file twice. When
     /// none is given one is made up, so that an upload whose answer was lost can be found again.
-    pub idempotency_key: Option<&'a str>,
+    pub idempotency_key: Option<&'a IdempotencyKey>,
     /// How long to keep sending the file again while the coordinator cannot take it.
     pub retry_for: Duration,
 }
@@ -48,7 +49,8 @@ pub struct Submission<'a> {
 pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::Result<BatchStatus> {
     let key = submission
         .idempotency_key
-        .map_or_else(fresh_key, str::to_string);
+        .cloned()
+        .unwrap_or_else(fresh_key);
     let ours = submission.idempotency_key.is_none();
     let deadline = Instant::now() + submission.retry_for;
     let mut pause = FIRST_PAUSE;
@@ -96,7 +98,7 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
         Submitted::Refused(status) => {
             follow::print_errors(&status.errors, status.error_count);
             let reason = status.error.as_deref().unwrap_or("no reason given");
-            let verdict = if status.state == "cancelled" {
+            let verdict = if status.state == BatchState::Cancelled {
                 "was cancelled"
             } else {
                 "was refused"
@@ -110,7 +112,7 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
 async fn upload(
     api: &Coordinator,
     submission: &Submission<'_>,
-    key: &str,
+    key: &IdempotencyKey,
 ) -> anyhow::Result<Submitted> {
     let path = submission.file;
     let file = tokio::fs::File::open(path)
@@ -143,18 +145,18 @@ async fn upload(
 /// no batch answers to the key then (`None`), and sending the file again with the same key is
 /// safe. When the key is `ours` (made for this run), its batch is this upload's; a key given by
 /// the user may belong to an earlier submit.
-async fn settled(api: &Coordinator, key: &str, ours: bool) -> Option<Submitted> {
+async fn settled(api: &Coordinator, key: &IdempotencyKey, ours: bool) -> Option<Submitted> {
     let deadline = Instant::now() + SETTLE_WITHIN;
     loop {
         let found = api.find_by_key(key).await.ok()??;
         match found {
             // The coordinator has not seen the end of the upload yet: give it a moment.
-            status if status.state == "receiving" && Instant::now() < deadline => {
+            status if status.state == BatchState::Receiving && Instant::now() < deadline => {
                 tokio::time::sleep(SETTLE_POLL).await;
             }
-            status if status.state == "receiving" => return None,
+            status if status.state == BatchState::Receiving => return None,
             status if !ours => return Some(Submitted::Repeated(status)),
-            status if matches!(status.state.as_str(), "failed" | "cancelled") => {
+            status if matches!(status.state, BatchState::Failed | BatchState::Cancelled) => {
                 return Some(Submitted::Refused(status))
             }
             status => return Some(Submitted::Accepted(status)),
@@ -179,11 +181,12 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 /// A key unique to this run, so a broken-off upload can be found again.
-fn fresh_key() -> String {
+fn fresh_key() -> IdempotencyKey {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_nanos());
-    format!("ingest-cli-{}-{nanos}", std::process::id())
+    IdempotencyKey::parse(&format!("ingest-cli-{}-{nanos}", std::process::id()))
+        .expect("a made-up key is valid")
 }
 
 /// A bar of bytes sent, drawn on stdout when it is a terminal.

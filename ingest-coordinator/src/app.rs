@@ -1,57 +1,28 @@
-//! The coordinator as a whole: its shared state, its HTTP routes and its background loops
-//! (commit, redrive), started by [`start`] — by the binary and by tests alike (tests listen on
-//! port 0 against a database of their own).
+//! Wiring, and nothing else: [`start`] migrates, connects, recovers what a previous run left,
+//! spawns the background loops and serves the routes; [`Running::stop`] stops it all and waits
+//! for every task it started (as mini-redis's server does). Used by the binary and by the tests
+//! (which listen on port 0 against a database of their own).
 
-use crate::api_error::ApiError;
 use crate::config::Config;
-use crate::receiving::Receiving;
-use crate::spool::Spool;
-use crate::{auth, cancel, commit, redrive, request_id, status, submit, unread_body};
+use crate::http::api_error::ApiError;
+use crate::http::{auth, batches, health, request_id, unread_body};
+use crate::loops;
+use crate::pipeline::receiving::Receiving;
+use crate::pipeline::spool::Spool;
+use crate::state::AppState;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use deadpool_postgres::Pool;
-use ingest_core::fault::Fault;
-use ingest_core::ledger::{self, Ending};
-use ingest_core::{broker, db, schema};
+use ingest_core::{broker, db, ledger, schema};
+use ingest_wire::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// What every request handler and loop shares.
-#[derive(Clone)]
-pub struct AppState {
-    /// The configuration.
-    pub config: Arc<Config>,
-    /// PostgreSQL.
-    pub pool: Pool,
-    /// RabbitMQ (recovers by itself).
-    pub amqp: Arc<lapin::Connection>,
-    /// The durable copies of published chunks.
-    pub spool: Spool,
-    /// Wakes the commit loop when a batch finished receiving.
-    pub commit_wakeup: Arc<Notify>,
-    /// The uploads being read now.
-    pub receiving: Receiving,
-}
-
-impl AppState {
-    /// Ends a batch as failed or cancelled (its staged rows dropped) and clears its spool.
-    /// False when the batch was already final.
-    pub async fn end_batch(&self, batch_id: i64, ending: &Ending) -> Result<bool, Fault> {
-        let mut client = self.pool.get().await?;
-        let ended = ledger::end_batch(&mut client, batch_id, ending).await?;
-        if ended {
-            self.spool.remove_batch(batch_id).await;
-        }
-        Ok(ended)
-    }
-}
 
 /// A running coordinator.
 pub struct Running {
@@ -61,23 +32,30 @@ pub struct Running {
     pub state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
+    /// The background loops and the broker watch, joined on stop.
+    tasks: Vec<JoinHandle<()>>,
     /// Why the coordinator stopped by itself (RabbitMQ lost for good), if it did.
     fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Running {
-    /// Stops accepting requests and the loops, then waits for in-flight requests. Err when the
-    /// coordinator had stopped by itself because a dependency was lost for good.
+    /// Stops accepting requests and the loops, then waits for in-flight requests and for every
+    /// loop to finish its pass. Err when the coordinator had stopped by itself because a
+    /// dependency was lost for good.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        self.server.await??;
+        let served = self.server.await;
+        for task in self.tasks {
+            task.await.context("a background loop panicked")?;
+        }
+        served.context("the HTTP server panicked")??;
         match self.fatal.lock().expect("not poisoned").take() {
             Some(reason) => Err(anyhow::anyhow!(reason)),
             None => Ok(()),
         }
     }
 
-    /// Waits until `shutdown` fires, then stops.
+    /// Waits until `shutdown` fires (or the coordinator stops by itself), then stops.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()>,
@@ -125,14 +103,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", state.config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(commit::run(state.clone(), shutdown.clone()));
-    tokio::spawn(redrive::run(state.clone(), shutdown.clone()));
     let fatal = Arc::new(Mutex::new(None));
-    tokio::spawn(stop_when_broker_lost(
-        state.amqp.clone(),
-        shutdown.clone(),
-        fatal.clone(),
-    ));
+    let tasks = vec![
+        tokio::spawn(loops::commit::run(state.clone(), shutdown.clone())),
+        tokio::spawn(loops::redrive::run(state.clone(), shutdown.clone())),
+        tokio::spawn(stop_when_broker_lost(
+            state.amqp.clone(),
+            shutdown.clone(),
+            fatal.clone(),
+        )),
+    ];
     let app = router(state.clone());
     let stop = shutdown.clone();
     let server = tokio::spawn(async move {
@@ -147,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         state,
         shutdown,
         server,
+        tasks,
         fatal,
     })
 }
@@ -172,7 +153,7 @@ async fn stop_when_broker_lost(
 /// client saw an error and may resubmit), spooled chunks of batches that ended are removed,
 /// unconfirmed chunks are published again; interrupted commits are resumed by the commit loop.
 async fn recover(state: &AppState) -> anyhow::Result<()> {
-    let ended = redrive::sweep_uploads(state, 0.0).await?;
+    let ended = loops::redrive::sweep_uploads(state, Duration::ZERO).await?;
     if ended > 0 {
         tracing::warn!(ended, "failed the batches whose upload a restart cut off");
     }
@@ -182,9 +163,9 @@ async fn recover(state: &AppState) -> anyhow::Result<()> {
         ledger::ended_batches(&client, &spooled).await?
     };
     for batch_id in over {
-        state.spool.remove_batch(batch_id).await;
+        state.batch_is_final(batch_id).await;
     }
-    redrive::redrive(state, 0.0).await?;
+    loops::redrive::redrive(state, Duration::ZERO).await?;
     Ok(())
 }
 
@@ -194,22 +175,26 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(
             "/batches",
-            get(status::list_batches).merge(post(submit::submit).layer(protected.clone())),
+            get(batches::list_batches).merge(post(batches::submit).layer(protected.clone())),
         )
-        .route("/batches/{id}", get(status::get_batch))
+        .route("/batches/{id}", get(batches::get_batch))
         .route(
             "/batches/{id}/cancel",
-            post(cancel::cancel).layer(protected),
+            post(batches::cancel).layer(protected),
         )
-        .route("/healthz", get(status::healthz))
-        .route("/readyz", get(status::readyz))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such endpoint",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                ErrorCode::MethodNotAllowed,
                 "this endpoint does not take that method",
             )
         })

@@ -59,7 +59,7 @@ pub struct Config {
     /// Attempts per chunk whose rows PostgreSQL refused before its batch fails (attempts lost to
     /// an outage or a killed worker do not count).
     #[arg(long, env = "INGEST_MAX_ATTEMPTS", default_value_t = 5)]
-    pub max_attempts: i32,
+    pub max_attempts: u32,
 
     /// How long an upload waits for PostgreSQL, RabbitMQ or the spool to come back (reading no
     /// more of the body meanwhile) before the batch fails with 503, in seconds.
@@ -142,10 +142,10 @@ impl Config {
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             anyhow::bail!("{name} must be at least 1");
         }
-        if self.max_attempts < 1 {
+        if self.max_attempts == 0 {
             anyhow::bail!("--max-attempts (INGEST_MAX_ATTEMPTS) must be at least 1");
         }
-        if self.redrive_after_seconds.is_nan() || self.redrive_after_seconds <= 0.0 {
+        if !self.redrive_after_seconds.is_finite() || self.redrive_after_seconds <= 0.0 {
             anyhow::bail!("--redrive-after-seconds (INGEST_REDRIVE_AFTER_SECONDS) must be above 0");
         }
         Ok(())
@@ -158,6 +158,11 @@ impl Config {
             Duration::from_secs(self.ride_through_seconds),
             self.max_pause(),
         )
+    }
+
+    /// How long an unconfirmed or unclaimed chunk waits before it is handed out again.
+    pub fn redrive_after(&self) -> Duration {
+        Duration::from_secs_f64(self.redrive_after_seconds)
     }
 
     /// The longest pause between two tries.

@@ -1,10 +1,29 @@
 //! A chunk: a run of consecutive source lines of one batch, encoded as one PostgreSQL binary
 //! COPY stream. This file defines its states and the message that carries it on RabbitMQ.
 
+use crate::batch::BatchId;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+
+/// A chunk's number within its batch, from 0 (`chunks.seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ChunkSeq(pub i32);
+
+impl ChunkSeq {
+    /// The number.
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl fmt::Display for ChunkSeq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// Where a chunk is. Stored as text in `chunks.state`; transitions happen only in
 /// [`crate::ledger`].
@@ -42,6 +61,14 @@ impl ChunkState {
         ChunkState::Dead,
     ];
 
+    /// The states of a chunk whose rows are not in yet and that a worker may still load.
+    pub const UNLOADED: [ChunkState; 4] = [
+        ChunkState::Pending,
+        ChunkState::Queued,
+        ChunkState::Loading,
+        ChunkState::Failed,
+    ];
+
     /// The name stored in PostgreSQL and shown in the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -61,14 +88,19 @@ impl fmt::Display for ChunkState {
     }
 }
 
+/// A state name that is not one of [`ChunkState::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown chunk state {0:?}")]
+pub struct UnknownChunkState(pub String);
+
 impl FromStr for ChunkState {
-    type Err = String;
+    type Err = UnknownChunkState;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         ChunkState::ALL
             .into_iter()
             .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown chunk state {s:?}"))
+            .ok_or_else(|| UnknownChunkState(s.to_string()))
     }
 }
 
@@ -77,11 +109,11 @@ impl FromStr for ChunkState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkMessage {
     /// The batch the chunk belongs to.
-    pub batch_id: i64,
-    /// The chunk's number within its batch, from 0.
-    pub seq: i32,
+    pub batch_id: BatchId,
+    /// The chunk's number within its batch.
+    pub seq: ChunkSeq,
     /// How many rows the COPY stream holds; the worker checks COPY's count against it.
-    pub rows: i32,
+    pub rows: u32,
 }
 
 const BATCH_ID: &str = "batch_id";
@@ -94,10 +126,10 @@ impl ChunkMessage {
         let mut table = FieldTable::default();
         table.insert(
             ShortString::from(BATCH_ID),
-            AMQPValue::LongLongInt(self.batch_id),
+            AMQPValue::LongLongInt(self.batch_id.get()),
         );
-        table.insert(ShortString::from(SEQ), AMQPValue::LongInt(self.seq));
-        table.insert(ShortString::from(ROWS), AMQPValue::LongInt(self.rows));
+        table.insert(ShortString::from(SEQ), AMQPValue::LongInt(self.seq.get()));
+        table.insert(ShortString::from(ROWS), AMQPValue::LongUInt(self.rows));
         table
     }
 
@@ -115,9 +147,9 @@ impl ChunkMessage {
             }
         };
         Some(ChunkMessage {
-            batch_id: int(BATCH_ID)?,
-            seq: i32::try_from(int(SEQ)?).ok()?,
-            rows: i32::try_from(int(ROWS)?).ok()?,
+            batch_id: BatchId(int(BATCH_ID)?),
+            seq: ChunkSeq(i32::try_from(int(SEQ)?).ok()?),
+            rows: u32::try_from(int(ROWS)?).ok()?,
         })
     }
 }
@@ -129,8 +161,8 @@ mod tests {
     #[test]
     fn headers_round_trip() {
         let msg = ChunkMessage {
-            batch_id: 42,
-            seq: 7,
+            batch_id: BatchId(42),
+            seq: ChunkSeq(7),
             rows: 5000,
         };
         assert_eq!(ChunkMessage::from_headers(&msg.to_headers()), Some(msg));

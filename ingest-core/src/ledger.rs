@@ -1,64 +1,116 @@
 //! The ledger: every batch and chunk state lives in PostgreSQL, and every change of state goes
-//! through a function in this file. Each transition is one guarded `UPDATE … WHERE state IN
-//! (…)`, so a transition that no longer applies (a duplicate delivery, a second coordinator, a
-//! batch cancelled meanwhile) changes nothing and says so.
+//! through a function in this file. Each transition is one guarded `UPDATE … WHERE state = ANY
+//! (…)`, the states named by the enums (never spelled again in SQL), so a transition that no
+//! longer applies (a duplicate delivery, a second coordinator, a batch cancelled meanwhile)
+//! changes nothing and says so. A state name PostgreSQL holds that is not a state is an error,
+//! never a guess.
 //!
 //! The guarantee that matters most sits in [`finish_chunk`]: a worker marks its chunk loaded in
 //! the same transaction as its COPY, and the guarded update takes the chunk's row lock first,
 //! so a chunk delivered twice is loaded once (the second delivery finds it `loaded`).
 
-use crate::batch::BatchState;
-use crate::chunk::ChunkState;
+use crate::batch::{BatchId, BatchState};
+use crate::chunk::{ChunkSeq, ChunkState};
 use crate::schema;
+use ingest_wire::{IdempotencyKey, LineNumber, RowError};
+use std::error::Error as StdError;
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, Transaction};
+
+/// The names of batch states, as a `text[]` parameter (`state = ANY($n)`).
+fn batch_states(states: &[BatchState]) -> Vec<&'static str> {
+    states.iter().map(|state| state.as_str()).collect()
+}
+
+/// The names of chunk states, as a `text[]` parameter (`state = ANY($n)`).
+fn chunk_states(states: &[ChunkState]) -> Vec<&'static str> {
+    states.iter().map(|state| state.as_str()).collect()
+}
+
+/// A state column read from PostgreSQL: its text must name a state.
+struct Stored<T>(T);
+
+impl<'a, T> FromSql<'a> for Stored<T>
+where
+    T: FromStr,
+    T::Err: StdError + Send + Sync + 'static,
+{
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn StdError + Sync + Send>> {
+        let text = <&str as FromSql>::from_sql(ty, raw)?;
+        Ok(Stored(text.parse()?))
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <&str as FromSql>::accepts(ty)
+    }
+}
+
+/// The batch state in column `index` of a row read from `batches` (for queries outside this file,
+/// such as the status): a name that is not a state is an error.
+pub fn batch_state_at(
+    row: &tokio_postgres::Row,
+    index: usize,
+) -> Result<BatchState, tokio_postgres::Error> {
+    Ok(row.try_get::<_, Stored<BatchState>>(index)?.0)
+}
 
 /// What [`create_batch`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewBatch {
     /// A new batch, in `receiving`, with its staging table.
-    Created(i64),
+    Created(BatchId),
     /// A batch with the same idempotency key already exists.
-    Existing(i64),
+    Existing(BatchId),
 }
 
 /// Records a new batch in `receiving` and creates its staging table, in one transaction. With an
 /// idempotency key that was seen before, returns the earlier batch and creates nothing.
 pub async fn create_batch(
     client: &mut Client,
-    idempotency_key: Option<&str>,
+    idempotency_key: Option<&IdempotencyKey>,
 ) -> Result<NewBatch, tokio_postgres::Error> {
+    let key = idempotency_key.map(IdempotencyKey::as_str);
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(
             "INSERT INTO batches (state, idempotency_key) VALUES ($1, $2)
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            &[&BatchState::Receiving.as_str(), &idempotency_key],
+            &[&BatchState::Receiving.as_str(), &key],
         )
         .await?;
     let Some(row) = row else {
         tx.rollback().await?;
         let existing = client
-            .query_one(
-                "SELECT id FROM batches WHERE idempotency_key = $1",
-                &[&idempotency_key],
-            )
+            .query_one("SELECT id FROM batches WHERE idempotency_key = $1", &[&key])
             .await?;
-        return Ok(NewBatch::Existing(existing.get(0)));
+        return Ok(NewBatch::Existing(BatchId(existing.get(0))));
     };
-    let id: i64 = row.get(0);
+    let id = BatchId(row.get(0));
     tx.batch_execute(&schema::create_staging_sql(id)).await?;
     tx.commit().await?;
     Ok(NewBatch::Created(id))
 }
 
+/// What a complete upload recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received<'a> {
+    /// Rows in the file.
+    pub rows: u64,
+    /// Chunks cut.
+    pub chunks: u32,
+    /// Bytes of the body as received.
+    pub bytes: u64,
+    /// SHA-256 of the body as received, hex.
+    pub sha256: &'a str,
+}
+
 /// The upload is complete and every chunk is recorded: `receiving → loading`.
 pub async fn finish_receiving(
     client: &Client,
-    batch_id: i64,
-    rows_total: i64,
-    chunks_total: i32,
-    bytes_received: i64,
-    content_sha256: &str,
+    batch_id: BatchId,
+    received: &Received<'_>,
 ) -> Result<bool, tokio_postgres::Error> {
     let updated = client
         .execute(
@@ -66,12 +118,12 @@ pub async fn finish_receiving(
                     bytes_received = $5, content_sha256 = $6, received_at = now()
              WHERE id = $1 AND state = $7",
             &[
-                &batch_id,
+                &batch_id.get(),
                 &BatchState::Loading.as_str(),
-                &rows_total,
-                &chunks_total,
-                &bytes_received,
-                &content_sha256,
+                &to_i64(received.rows),
+                &to_i32(received.chunks),
+                &to_i64(received.bytes),
+                &received.sha256,
                 &BatchState::Receiving.as_str(),
             ],
         )
@@ -87,11 +139,11 @@ pub struct Ending {
     /// The reason shown in the status.
     pub error: String,
     /// How many input errors were found (0 when the failure is not about the input).
-    pub error_count: i32,
-    /// The first input errors, as shown in the status (a JSON array).
-    pub errors: serde_json::Value,
+    pub error_count: u64,
+    /// The first input errors, as shown in the status.
+    pub errors: Vec<RowError>,
     /// What was received of the upload, when known.
-    pub bytes_received: Option<i64>,
+    pub bytes_received: Option<u64>,
     /// The upload's SHA-256, when known.
     pub content_sha256: Option<String>,
     /// The upload never arrived whole (cut off, or the coordinator could not take it): its
@@ -107,7 +159,7 @@ impl Ending {
             state: BatchState::Failed,
             error: error.into(),
             error_count: 0,
-            errors: serde_json::Value::Array(Vec::new()),
+            errors: Vec::new(),
             bytes_received: None,
             content_sha256: None,
             release_key: false,
@@ -121,13 +173,21 @@ impl Ending {
             ..Ending::failed(error)
         }
     }
+
+    /// Stopped on request.
+    pub fn cancelled() -> Ending {
+        Ending {
+            state: BatchState::Cancelled,
+            ..Ending::failed("cancelled on request")
+        }
+    }
 }
 
 /// Ends a batch that is not final yet as failed or cancelled, and drops its staged rows, in one
 /// transaction. Returns false when the batch was already final (nothing changes then).
 pub async fn end_batch(
     client: &mut Client,
-    batch_id: i64,
+    batch_id: BatchId,
     ending: &Ending,
 ) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
@@ -139,13 +199,14 @@ pub async fn end_batch(
 /// [`end_batch`] inside the caller's transaction.
 async fn end_batch_in(
     tx: &Transaction<'_>,
-    batch_id: i64,
+    batch_id: BatchId,
     ending: &Ending,
 ) -> Result<bool, tokio_postgres::Error> {
     debug_assert!(matches!(
         ending.state,
         BatchState::Failed | BatchState::Cancelled
     ));
+    let errors = serde_json::to_value(&ending.errors).unwrap_or_default();
     let updated = tx
         .execute(
             "UPDATE batches SET state = $2, error = $3, error_count = $4, errors = $5,
@@ -153,16 +214,17 @@ async fn end_batch_in(
                     content_sha256 = coalesce($7, content_sha256),
                     idempotency_key = CASE WHEN $8 THEN NULL ELSE idempotency_key END,
                     finished_at = now()
-             WHERE id = $1 AND state IN ('receiving', 'loading', 'committing')",
+             WHERE id = $1 AND state = ANY($9)",
             &[
-                &batch_id,
+                &batch_id.get(),
                 &ending.state.as_str(),
                 &ending.error,
-                &ending.error_count,
-                &ending.errors,
-                &ending.bytes_received,
+                &to_i32(ending.error_count),
+                &errors,
+                &ending.bytes_received.map(to_i64),
                 &ending.content_sha256,
                 &ending.release_key,
+                &batch_states(&BatchState::OPEN),
             ],
         )
         .await?;
@@ -173,12 +235,12 @@ async fn end_batch_in(
     Ok(updated == 1)
 }
 
-/// Notes on an open batch the last outage one of its steps rode through (shown in its status).
+/// Notes on a batch the last outage one of its steps rode through (shown in its status).
 pub async fn record_outage(
     client: &Client,
-    batch_id: i64,
+    batch_id: BatchId,
     step: &str,
-    attempt: i32,
+    attempt: u32,
     reason: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
@@ -186,7 +248,7 @@ pub async fn record_outage(
             "UPDATE batches SET outage_step = $2, outage_attempt = $3, outage_reason = $4,
                     outage_at = now()
              WHERE id = $1",
-            &[&batch_id, &step, &attempt, &reason],
+            &[&batch_id.get(), &step, &to_i32(attempt), &reason],
         )
         .await?;
     Ok(())
@@ -197,28 +259,36 @@ pub async fn record_outage(
 /// apart would only wait for each other.
 const COMMIT_LOCK: i32 = 0x696e_6763;
 
+/// The second key of a batch's commit lock.
+fn commit_lock_key(batch_id: BatchId) -> i32 {
+    batch_id.get() as i32
+}
+
 /// Takes the batch's commit lock for this session, without waiting: false when another session
 /// holds it (another coordinator commits it, or a killed coordinator's backend has not ended
 /// yet). Held until [`unlock_commit`] or the end of the session.
 pub async fn try_lock_commit(
     client: &Client,
-    batch_id: i64,
+    batch_id: BatchId,
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one(
             "SELECT pg_try_advisory_lock($1, $2)",
-            &[&COMMIT_LOCK, &(batch_id as i32)],
+            &[&COMMIT_LOCK, &commit_lock_key(batch_id)],
         )
         .await?;
     Ok(row.get(0))
 }
 
 /// Releases the batch's commit lock taken by [`try_lock_commit`] in this session.
-pub async fn unlock_commit(client: &Client, batch_id: i64) -> Result<(), tokio_postgres::Error> {
+pub async fn unlock_commit(
+    client: &Client,
+    batch_id: BatchId,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "SELECT pg_advisory_unlock($1, $2)",
-            &[&COMMIT_LOCK, &(batch_id as i32)],
+            &[&COMMIT_LOCK, &commit_lock_key(batch_id)],
         )
         .await?;
     Ok(())
@@ -226,29 +296,41 @@ pub async fn unlock_commit(client: &Client, batch_id: i64) -> Result<(), tokio_p
 
 /// Batches whose chunks are all loaded and that wait for their commit, plus batches whose
 /// commit was interrupted (a coordinator stopped in `committing`).
-pub async fn batches_to_commit(client: &Client) -> Result<Vec<i64>, tokio_postgres::Error> {
+pub async fn batches_to_commit(client: &Client) -> Result<Vec<BatchId>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT b.id FROM batches b
-             WHERE b.state = 'committing'
-                OR (b.state = 'loading' AND b.chunks_total =
-                      (SELECT count(*) FROM chunks c WHERE c.batch_id = b.id AND c.state = 'loaded'))
+             WHERE b.state = $1
+                OR (b.state = $2 AND b.chunks_total =
+                      (SELECT count(*) FROM chunks c WHERE c.batch_id = b.id AND c.state = $3))
              ORDER BY b.id",
-            &[],
+            &[
+                &BatchState::Committing.as_str(),
+                &BatchState::Loading.as_str(),
+                &ChunkState::Loaded.as_str(),
+            ],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows.iter().map(|row| BatchId(row.get(0))).collect())
 }
 
 /// `loading → committing`, when every chunk is loaded. False when another coordinator got there
 /// first, or the batch is already committing (a resumed commit).
-pub async fn start_commit(client: &Client, batch_id: i64) -> Result<bool, tokio_postgres::Error> {
+pub async fn start_commit(
+    client: &Client,
+    batch_id: BatchId,
+) -> Result<bool, tokio_postgres::Error> {
     let updated = client
         .execute(
-            "UPDATE batches b SET state = 'committing'
-             WHERE b.id = $1 AND b.state = 'loading' AND b.chunks_total =
-                   (SELECT count(*) FROM chunks c WHERE c.batch_id = b.id AND c.state = 'loaded')",
-            &[&batch_id],
+            "UPDATE batches b SET state = $2
+             WHERE b.id = $1 AND b.state = $3 AND b.chunks_total =
+                   (SELECT count(*) FROM chunks c WHERE c.batch_id = b.id AND c.state = $4)",
+            &[
+                &batch_id.get(),
+                &BatchState::Committing.as_str(),
+                &BatchState::Loading.as_str(),
+                &ChunkState::Loaded.as_str(),
+            ],
         )
         .await?;
     Ok(updated == 1)
@@ -258,14 +340,19 @@ pub async fn start_commit(client: &Client, batch_id: i64) -> Result<bool, tokio_
 /// and the state become visible together. False when the batch is no longer committing.
 pub async fn finish_commit(
     tx: &Transaction<'_>,
-    batch_id: i64,
-    commit_seconds: f64,
+    batch_id: BatchId,
+    took: Duration,
 ) -> Result<bool, tokio_postgres::Error> {
     let updated = tx
         .execute(
-            "UPDATE batches SET state = 'committed', finished_at = now(), commit_seconds = $2
-             WHERE id = $1 AND state = 'committing'",
-            &[&batch_id, &commit_seconds],
+            "UPDATE batches SET state = $2, finished_at = now(), commit_seconds = $3
+             WHERE id = $1 AND state = $4",
+            &[
+                &batch_id.get(),
+                &BatchState::Committed.as_str(),
+                &took.as_secs_f64(),
+                &BatchState::Committing.as_str(),
+            ],
         )
         .await?;
     Ok(updated == 1)
@@ -274,41 +361,50 @@ pub async fn finish_commit(
 /// A batch's current state (`None` for an unknown batch).
 pub async fn batch_state(
     client: &Client,
-    batch_id: i64,
+    batch_id: BatchId,
 ) -> Result<Option<BatchState>, tokio_postgres::Error> {
     let row = client
-        .query_opt("SELECT state FROM batches WHERE id = $1", &[&batch_id])
+        .query_opt(
+            "SELECT state FROM batches WHERE id = $1",
+            &[&batch_id.get()],
+        )
         .await?;
-    Ok(row.and_then(|row| row.get::<_, String>(0).parse().ok()))
+    Ok(match row {
+        Some(row) => Some(row.try_get::<_, Stored<BatchState>>(0)?.0),
+        None => None,
+    })
 }
 
 /// Takes the batch's row lock for the rest of the transaction: commit and cancel serialise on it.
 pub async fn lock_batch(
     tx: &Transaction<'_>,
-    batch_id: i64,
+    batch_id: BatchId,
 ) -> Result<Option<BatchState>, tokio_postgres::Error> {
     let row = tx
         .query_opt(
             "SELECT state FROM batches WHERE id = $1 FOR UPDATE",
-            &[&batch_id],
+            &[&batch_id.get()],
         )
         .await?;
-    Ok(row.and_then(|row| row.get::<_, String>(0).parse().ok()))
+    Ok(match row {
+        Some(row) => Some(row.try_get::<_, Stored<BatchState>>(0)?.0),
+        None => None,
+    })
 }
 
 /// A chunk as the coordinator cut it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRecord {
     /// The batch.
-    pub batch_id: i64,
+    pub batch_id: BatchId,
     /// The chunk's number within the batch.
-    pub seq: i32,
+    pub seq: ChunkSeq,
     /// The source line of its first row (the header is line 1).
-    pub first_line: i64,
+    pub first_line: LineNumber,
     /// The source line of its last row.
-    pub last_line: i64,
+    pub last_line: LineNumber,
     /// How many rows it holds.
-    pub rows: i32,
+    pub rows: u32,
 }
 
 /// Records a chunk as `pending` before it is published (idempotent).
@@ -319,14 +415,15 @@ pub async fn record_chunk(
     client
         .execute(
             "INSERT INTO chunks (batch_id, seq, first_line, last_line, rows, state)
-             VALUES ($1, $2, $3, $4, $5, 'pending')
+             VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (batch_id, seq) DO NOTHING",
             &[
-                &chunk.batch_id,
-                &chunk.seq,
-                &chunk.first_line,
-                &chunk.last_line,
-                &chunk.rows,
+                &chunk.batch_id.get(),
+                &chunk.seq.get(),
+                &to_i64(chunk.first_line.get()),
+                &to_i64(chunk.last_line.get()),
+                &to_i32(chunk.rows),
+                &ChunkState::Pending.as_str(),
             ],
         )
         .await?;
@@ -337,14 +434,19 @@ pub async fn record_chunk(
 /// already moved the chunk on; then nothing changes.
 pub async fn mark_queued(
     client: &Client,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE chunks SET state = 'queued', updated_at = now()
-             WHERE batch_id = $1 AND seq = $2 AND state = 'pending'",
-            &[&batch_id, &seq],
+            "UPDATE chunks SET state = $3, updated_at = now()
+             WHERE batch_id = $1 AND seq = $2 AND state = $4",
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &ChunkState::Queued.as_str(),
+                &ChunkState::Pending.as_str(),
+            ],
         )
         .await?;
     Ok(())
@@ -356,7 +458,7 @@ pub enum Claim {
     /// Load it; this is attempt number `attempt` (from 1).
     Load {
         /// The attempt number, counting every delivery that reached a worker.
-        attempt: i32,
+        attempt: u32,
     },
     /// Its rows are already in: acknowledge and move on.
     AlreadyLoaded,
@@ -364,39 +466,48 @@ pub enum Claim {
     Closed,
 }
 
-/// `pending | queued | loading | failed → loading`, with a lease for `lease_seconds`.
+/// `pending | queued | loading | failed → loading`, leased to `worker` for `lease`.
 pub async fn claim_chunk(
     client: &Client,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
     worker: &str,
-    lease_seconds: f64,
+    lease: Duration,
 ) -> Result<Claim, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "UPDATE chunks c SET state = 'loading', attempts = c.attempts + 1, worker = $3,
+            "UPDATE chunks c SET state = $5, attempts = c.attempts + 1, worker = $3,
                     lease_until = now() + make_interval(secs => $4), updated_at = now()
              FROM batches b
              WHERE c.batch_id = $1 AND c.seq = $2 AND b.id = c.batch_id
-               AND b.state IN ('receiving', 'loading')
-               AND c.state IN ('pending', 'queued', 'loading', 'failed')
+               AND b.state = ANY($6) AND c.state = ANY($7)
              RETURNING c.attempts",
-            &[&batch_id, &seq, &worker, &lease_seconds],
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &worker,
+                &lease.as_secs_f64(),
+                &ChunkState::Loading.as_str(),
+                &batch_states(&BatchState::TAKING_CHUNKS),
+                &chunk_states(&ChunkState::UNLOADED),
+            ],
         )
         .await?;
     if let Some(row) = row {
         return Ok(Claim::Load {
-            attempt: row.get(0),
+            attempt: u32::try_from(row.get::<_, i32>(0)).unwrap_or(0),
         });
     }
     let state = client
         .query_opt(
             "SELECT state FROM chunks WHERE batch_id = $1 AND seq = $2",
-            &[&batch_id, &seq],
+            &[&batch_id.get(), &seq.get()],
         )
         .await?;
-    Ok(match state.map(|row| row.get::<_, String>(0)) {
-        Some(state) if state == ChunkState::Loaded.as_str() => Claim::AlreadyLoaded,
+    Ok(match state {
+        Some(row) if row.try_get::<_, Stored<ChunkState>>(0)?.0 == ChunkState::Loaded => {
+            Claim::AlreadyLoaded
+        }
         _ => Claim::Closed,
     })
 }
@@ -406,18 +517,23 @@ pub async fn claim_chunk(
 /// COPY, roll back": the chunk is loaded already, dead, or its batch no longer takes chunks.
 pub async fn finish_chunk(
     tx: &Transaction<'_>,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
 ) -> Result<bool, tokio_postgres::Error> {
     let updated = tx
         .execute(
-            "UPDATE chunks c SET state = 'loaded', lease_until = NULL, last_error = NULL,
+            "UPDATE chunks c SET state = $3, lease_until = NULL, last_error = NULL,
                     updated_at = now()
              FROM batches b
              WHERE c.batch_id = $1 AND c.seq = $2 AND b.id = c.batch_id
-               AND b.state IN ('receiving', 'loading')
-               AND c.state IN ('pending', 'queued', 'loading', 'failed')",
-            &[&batch_id, &seq],
+               AND b.state = ANY($4) AND c.state = ANY($5)",
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &ChunkState::Loaded.as_str(),
+                &batch_states(&BatchState::TAKING_CHUNKS),
+                &chunk_states(&ChunkState::UNLOADED),
+            ],
         )
         .await?;
     Ok(updated == 1)
@@ -427,16 +543,22 @@ pub async fn finish_chunk(
 /// `failures`); the coordinator decides whether to hand it out again or let the batch fail.
 pub async fn fail_chunk(
     client: &Client,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
     error: &str,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "UPDATE chunks SET state = 'failed', last_error = $3, lease_until = NULL,
+            "UPDATE chunks SET state = $4, last_error = $3, lease_until = NULL,
                     failures = failures + 1, updated_at = now()
-             WHERE batch_id = $1 AND seq = $2 AND state IN ('pending', 'queued', 'loading')",
-            &[&batch_id, &seq, &error],
+             WHERE batch_id = $1 AND seq = $2 AND state = ANY($5)",
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &error,
+                &ChunkState::Failed.as_str(),
+                &chunk_states(&[ChunkState::Pending, ChunkState::Queued, ChunkState::Loading]),
+            ],
         )
         .await?;
     Ok(())
@@ -445,60 +567,64 @@ pub async fn fail_chunk(
 /// A chunk that must be handed out again, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redrive {
-    /// The chunk.
-    pub batch_id: i64,
-    /// Its number.
-    pub seq: i32,
-    /// Its row count (the message carries it).
-    pub rows: i32,
-    /// The source line of its first row.
-    pub first_line: i64,
-    /// The source line of its last row.
-    pub last_line: i64,
+    /// The chunk as it was cut.
+    pub chunk: ChunkRecord,
     /// Attempts so far (every claim by a worker).
-    pub attempts: i32,
+    pub attempts: u32,
     /// Attempts whose rows PostgreSQL refused.
-    pub failures: i32,
+    pub failures: u32,
     /// The last error, if an attempt failed.
     pub last_error: Option<String>,
 }
 
 /// Chunks of open batches that need publishing again: failed attempts, expired leases (the worker
-/// vanished), chunks left `pending` longer than `after_seconds` (never confirmed, e.g. the
-/// coordinator stopped between recording and publishing) and — when `stranded_too`, which the
-/// caller says when the chunk queue holds no message ready for a worker — chunks `queued` that
-/// long with no claim: their message was dead-lettered or lost.
+/// vanished), chunks left `pending` longer than `after` (never confirmed, e.g. the coordinator
+/// stopped between recording and publishing) and — when `stranded_too`, which the caller says
+/// when the chunk queue holds no message ready for a worker — chunks `queued` that long with no
+/// claim: their message was dead-lettered or lost.
 pub async fn chunks_to_redrive(
     client: &Client,
-    after_seconds: f64,
+    after: Duration,
     stranded_too: bool,
 ) -> Result<Vec<Redrive>, tokio_postgres::Error> {
+    let waiting = if stranded_too {
+        chunk_states(&[ChunkState::Pending, ChunkState::Queued])
+    } else {
+        chunk_states(&[ChunkState::Pending])
+    };
     let rows = client
         .query(
             "SELECT c.batch_id, c.seq, c.rows, c.attempts, c.failures, c.last_error,
                     c.first_line, c.last_line
              FROM chunks c JOIN batches b ON b.id = c.batch_id
-             WHERE b.state IN ('receiving', 'loading')
-               AND (c.state = 'failed'
-                    OR (c.state = 'loading' AND c.lease_until < now())
-                    OR (c.state IN ('pending', 'queued')
-                        AND (c.state = 'pending' OR $2)
-                        AND c.updated_at < now() - make_interval(secs => $1)))
+             WHERE b.state = ANY($1)
+               AND (c.state = $2
+                    OR (c.state = $3 AND c.lease_until < now())
+                    OR (c.state = ANY($4)
+                        AND c.updated_at < now() - make_interval(secs => $5)))
              ORDER BY c.batch_id, c.seq",
-            &[&after_seconds, &stranded_too],
+            &[
+                &batch_states(&BatchState::TAKING_CHUNKS),
+                &ChunkState::Failed.as_str(),
+                &ChunkState::Loading.as_str(),
+                &waiting,
+                &after.as_secs_f64(),
+            ],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|row| Redrive {
-            batch_id: row.get(0),
-            seq: row.get(1),
-            rows: row.get(2),
-            attempts: row.get(3),
-            failures: row.get(4),
+            chunk: ChunkRecord {
+                batch_id: BatchId(row.get(0)),
+                seq: ChunkSeq(row.get(1)),
+                rows: from_i32(row.get(2)),
+                first_line: LineNumber(from_i64(row.get(6))),
+                last_line: LineNumber(from_i64(row.get(7))),
+            },
+            attempts: from_i32(row.get(3)),
+            failures: from_i32(row.get(4)),
             last_error: row.get(5),
-            first_line: row.get(6),
-            last_line: row.get(7),
         })
         .collect())
 }
@@ -507,15 +633,19 @@ pub async fn chunks_to_redrive(
 /// chunk again. False when the chunk moved on meanwhile (e.g. the slow worker finished).
 pub async fn requeue_chunk(
     client: &Client,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
 ) -> Result<bool, tokio_postgres::Error> {
     let updated = client
         .execute(
-            "UPDATE chunks SET state = 'pending', lease_until = NULL, updated_at = now()
-             WHERE batch_id = $1 AND seq = $2
-               AND state IN ('failed', 'loading', 'pending', 'queued')",
-            &[&batch_id, &seq],
+            "UPDATE chunks SET state = $3, lease_until = NULL, updated_at = now()
+             WHERE batch_id = $1 AND seq = $2 AND state = ANY($4)",
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &ChunkState::Pending.as_str(),
+                &chunk_states(&ChunkState::UNLOADED),
+            ],
         )
         .await?;
     Ok(updated == 1)
@@ -526,16 +656,21 @@ pub async fn requeue_chunk(
 /// the chunk or its batch moved on meanwhile.
 pub async fn bury_chunk(
     client: &mut Client,
-    batch_id: i64,
-    seq: i32,
+    batch_id: BatchId,
+    seq: ChunkSeq,
     reason: &str,
 ) -> Result<bool, tokio_postgres::Error> {
     let tx = client.transaction().await?;
     let buried = tx
         .execute(
-            "UPDATE chunks SET state = 'dead', lease_until = NULL, updated_at = now()
-             WHERE batch_id = $1 AND seq = $2 AND state = 'failed'",
-            &[&batch_id, &seq],
+            "UPDATE chunks SET state = $3, lease_until = NULL, updated_at = now()
+             WHERE batch_id = $1 AND seq = $2 AND state = $4",
+            &[
+                &batch_id.get(),
+                &seq.get(),
+                &ChunkState::Dead.as_str(),
+                &ChunkState::Failed.as_str(),
+            ],
         )
         .await?;
     if buried == 0 || !end_batch_in(&tx, batch_id, &Ending::failed(reason)).await? {
@@ -546,36 +681,57 @@ pub async fn bury_chunk(
     Ok(true)
 }
 
-/// Batches in `receiving` that were created more than `older_than_seconds` ago, with their ids:
-/// the sweep ends those that no upload of this coordinator is feeding.
+/// Batches in `receiving` that were created more than `older_than` ago: the sweep ends those
+/// that no upload of this coordinator is feeding.
 pub async fn receiving_batches(
     client: &Client,
-    older_than_seconds: f64,
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+    older_than: Duration,
+) -> Result<Vec<BatchId>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT id FROM batches
-             WHERE state = 'receiving' AND created_at < now() - make_interval(secs => $1)
+             WHERE state = $1 AND created_at < now() - make_interval(secs => $2)
              ORDER BY id",
-            &[&older_than_seconds],
+            &[&BatchState::Receiving.as_str(), &older_than.as_secs_f64()],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows.iter().map(|row| BatchId(row.get(0))).collect())
 }
 
 /// Of `ids`, those whose batch is final or unknown: their spooled chunks can go.
 pub async fn ended_batches(
     client: &Client,
-    ids: &[i64],
-) -> Result<Vec<i64>, tokio_postgres::Error> {
+    ids: &[BatchId],
+) -> Result<Vec<BatchId>, tokio_postgres::Error> {
+    let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let rows = client
         .query(
             "SELECT id FROM unnest($1::bigint[]) AS spooled(id)
              WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = spooled.id
-                               AND b.state IN ('receiving', 'loading', 'committing'))
+                               AND b.state = ANY($2))
              ORDER BY id",
-            &[&ids],
+            &[&ids, &batch_states(&BatchState::OPEN)],
         )
         .await?;
-    Ok(rows.iter().map(|row| row.get(0)).collect())
+    Ok(rows.iter().map(|row| BatchId(row.get(0))).collect())
+}
+
+/// A count or size for an `integer` column (saturating: no ledger number comes near 2³¹).
+fn to_i32(value: impl TryInto<i32>) -> i32 {
+    value.try_into().unwrap_or(i32::MAX)
+}
+
+/// A count or size for a `bigint` column.
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// An `integer` column that holds a count (never negative).
+fn from_i32(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+/// A `bigint` column that holds a count or a line (never negative).
+fn from_i64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
 }

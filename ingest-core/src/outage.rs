@@ -103,7 +103,7 @@ pub struct Retries<K> {
 /// One key's schedule.
 #[derive(Debug)]
 struct Retry {
-    attempt: i32,
+    attempt: u32,
     due: Instant,
     pauses: ExponentialBackoff,
 }
@@ -125,7 +125,7 @@ impl<K: Eq + Hash + Copy> Retries<K> {
     }
 
     /// Notes an outage of `key`'s step; returns its attempt number (from 1).
-    pub fn failed(&mut self, key: K) -> i32 {
+    pub fn failed(&mut self, key: K) -> u32 {
         let max_pause = self.max_pause;
         let retry = self.waiting.entry(key).or_insert_with(|| Retry {
             attempt: 0,

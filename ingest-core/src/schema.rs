@@ -4,6 +4,7 @@
 //! Staging table names are built from the batch id, a number this system generated; no value
 //! from a file or a request is ever put into SQL text.
 
+use crate::batch::BatchId;
 use anyhow::Context;
 
 mod embedded {
@@ -27,13 +28,13 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
 }
 
 /// The qualified name of a batch's staging table (later its partition).
-pub fn staging_table(batch_id: i64) -> String {
+pub fn staging_table(batch_id: BatchId) -> String {
     format!("price_batches.batch_{batch_id}")
 }
 
 /// DDL that creates a batch's staging table: the columns of `prices_by_batch`, with
 /// `batch_id` defaulted and checked so that COPY sends four columns and ATTACH skips its scan.
-pub fn create_staging_sql(batch_id: i64) -> String {
+pub fn create_staging_sql(batch_id: BatchId) -> String {
     let table = staging_table(batch_id);
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
@@ -46,7 +47,7 @@ pub fn create_staging_sql(batch_id: i64) -> String {
 }
 
 /// The COPY statement a worker streams a chunk's binary payload into.
-pub fn copy_sql(batch_id: i64) -> String {
+pub fn copy_sql(batch_id: BatchId) -> String {
     format!(
         "COPY {} (orig_code, dest_code, day, price) FROM STDIN (FORMAT binary)",
         staging_table(batch_id)
@@ -55,7 +56,7 @@ pub fn copy_sql(batch_id: i64) -> String {
 
 /// DDL that builds the read index on a staging table before it is attached (so ATTACH adopts
 /// it instead of building it while holding its locks).
-pub fn index_staging_sql(batch_id: i64) -> String {
+pub fn index_staging_sql(batch_id: BatchId) -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS batch_{batch_id}_route_day ON {} (orig_code, dest_code, day)",
         staging_table(batch_id)
@@ -64,7 +65,7 @@ pub fn index_staging_sql(batch_id: i64) -> String {
 
 /// DDL that makes a batch visible: its staging table becomes a partition of `prices_by_batch`.
 /// PostgreSQL validates both foreign keys to `ports` in bulk here.
-pub fn attach_sql(batch_id: i64) -> String {
+pub fn attach_sql(batch_id: BatchId) -> String {
     format!(
         "ALTER TABLE prices_by_batch ATTACH PARTITION {} FOR VALUES IN ({batch_id})",
         staging_table(batch_id)
@@ -72,6 +73,6 @@ pub fn attach_sql(batch_id: i64) -> String {
 }
 
 /// DDL that removes everything a failed or cancelled batch staged.
-pub fn drop_staging_sql(batch_id: i64) -> String {
+pub fn drop_staging_sql(batch_id: BatchId) -> String {
     format!("DROP TABLE IF EXISTS {}", staging_table(batch_id))
 }

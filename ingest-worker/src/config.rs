@@ -31,9 +31,10 @@ pub struct Config {
     #[arg(long, env = "INGEST_WORKER_PREFETCH", default_value_t = 0)]
     pub prefetch: u16,
 
-    /// How long a chunk stays leased to this worker before the coordinator hands it out again.
-    #[arg(long, env = "INGEST_LEASE_SECONDS", default_value_t = 300.0)]
-    pub lease_seconds: f64,
+    /// How long a chunk stays leased to this worker before the coordinator hands it out again,
+    /// in seconds.
+    #[arg(long, env = "INGEST_LEASE_SECONDS", default_value_t = 300)]
+    pub lease_seconds: u64,
 
     /// On SIGTERM, how long to finish the chunks in hand before leaving them to RabbitMQ.
     #[arg(long, env = "INGEST_DRAIN_SECONDS", default_value_t = 30)]
@@ -70,8 +71,8 @@ impl Config {
         if self.concurrency == 0 {
             anyhow::bail!("--concurrency (INGEST_WORKER_CONCURRENCY) must be at least 1");
         }
-        if self.lease_seconds.is_nan() || self.lease_seconds <= 0.0 {
-            anyhow::bail!("--lease-seconds (INGEST_LEASE_SECONDS) must be above 0");
+        if self.lease_seconds == 0 {
+            anyhow::bail!("--lease-seconds (INGEST_LEASE_SECONDS) must be at least 1");
         }
         if self.backoff_max_ms == 0 {
             anyhow::bail!("--backoff-max-ms (INGEST_BACKOFF_MAX_MS) must be at least 1");
@@ -80,6 +81,11 @@ impl Config {
             anyhow::bail!("--connect-seconds (INGEST_CONNECT_SECONDS) must be at least 1");
         }
         Ok(())
+    }
+
+    /// How long a claimed chunk stays this worker's.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
     }
 
     /// The longest pause between two tries.

@@ -18,6 +18,7 @@ use crate::load::{self, Outcome};
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
+use ingest_core::batch::BatchId;
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
@@ -97,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let chunk = Chunk {
             pool: pool.clone(),
             worker: worker.clone(),
-            lease_seconds: config.lease_seconds,
+            lease: config.lease(),
             patience: Patience::endless(config.max_pause()),
             shutdown: shutdown.clone(),
         };
@@ -137,7 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 struct Chunk {
     pool: Pool,
     worker: String,
-    lease_seconds: f64,
+    lease: Duration,
     patience: Patience,
     shutdown: CancellationToken,
 }
@@ -145,17 +146,16 @@ struct Chunk {
 impl Chunk {
     /// Puts the outage in the batch's status; false when PostgreSQL does not take it (it may be
     /// the outage).
-    async fn note_outage(&self, batch_id: i64, attempt: u32, fault: &Fault) -> bool {
+    async fn note_outage(&self, batch_id: BatchId, attempt: u32, fault: &Fault) -> bool {
         let noted = async {
             let client = self.pool.get().await?;
-            let attempt = i32::try_from(attempt).unwrap_or(i32::MAX);
             ledger::record_outage(&client, batch_id, "load", attempt, &fault.to_string()).await?;
             Ok::<(), Fault>(())
         };
         match noted.await {
             Ok(()) => true,
             Err(error) => {
-                tracing::debug!(batch_id, %error, "cannot note the outage in the batch's status yet");
+                tracing::debug!(%batch_id, %error, "cannot note the outage in the batch's status yet");
                 false
             }
         }
@@ -188,7 +188,7 @@ impl Chunk {
                 message,
                 payload.clone(),
                 &self.worker,
-                self.lease_seconds,
+                self.lease,
             )
             .await;
             let fault = match loaded {
@@ -196,13 +196,13 @@ impl Chunk {
                 Err(fault) => fault,
             };
             let pause = pauses.next().unwrap_or(self.patience.max_pause);
-            tracing::warn!(batch_id, seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
+            tracing::warn!(%batch_id, %seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
             unnoted =
                 (!self.note_outage(batch_id, attempt, &fault).await).then_some((attempt, fault));
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     // Unacknowledged: RabbitMQ delivers it again once this channel closes.
-                    tracing::info!(batch_id, seq, "stopping with a chunk in hand; RabbitMQ delivers it again");
+                    tracing::info!(%batch_id, %seq, "stopping with a chunk in hand; RabbitMQ delivers it again");
                     return;
                 }
                 _ = tokio::time::sleep(pause) => {}
@@ -213,18 +213,18 @@ impl Chunk {
             self.note_outage(batch_id, attempt, &fault).await;
         }
         match &outcome {
-            Outcome::Loaded => tracing::debug!(batch_id, seq, "chunk loaded"),
+            Outcome::Loaded => tracing::debug!(%batch_id, %seq, "chunk loaded"),
             Outcome::AlreadyLoaded => {
-                tracing::info!(batch_id, seq, "duplicate delivery; already loaded")
+                tracing::info!(%batch_id, %seq, "duplicate delivery; already loaded")
             }
-            Outcome::Closed => tracing::info!(batch_id, seq, "batch closed; chunk dropped"),
+            Outcome::Closed => tracing::info!(%batch_id, %seq, "batch closed; chunk dropped"),
             Outcome::Refused(reason) => {
-                tracing::warn!(batch_id, seq, %reason, "PostgreSQL refused the chunk's rows")
+                tracing::warn!(%batch_id, %seq, %reason, "PostgreSQL refused the chunk's rows")
             }
         }
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
             // The channel is gone: RabbitMQ redelivers the message, and the ledger makes that safe.
-            tracing::warn!(batch_id, seq, %error, "could not acknowledge the delivery");
+            tracing::warn!(%batch_id, %seq, %error, "could not acknowledge the delivery");
         }
     }
 }

@@ -15,6 +15,7 @@ use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Claim};
 use ingest_core::schema;
+use std::time::Duration;
 
 /// What became of one delivery; the consumer acknowledges every outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +38,10 @@ pub async fn load(
     message: ChunkMessage,
     payload: Bytes,
     worker: &str,
-    lease_seconds: f64,
+    lease: Duration,
 ) -> Result<Outcome, Fault> {
     let mut client = pool.get().await?;
-    let claim = ledger::claim_chunk(
-        &client,
-        message.batch_id,
-        message.seq,
-        worker,
-        lease_seconds,
-    )
-    .await?;
+    let claim = ledger::claim_chunk(&client, message.batch_id, message.seq, worker, lease).await?;
     match claim {
         Claim::Load { .. } => {}
         Claim::AlreadyLoaded => return Ok(Outcome::AlreadyLoaded),
@@ -90,7 +84,7 @@ async fn copy(
         .finish()
         .await
         .map_err(|error| Fault::of_rows(&error))?;
-    if rows != message.rows as u64 {
+    if rows != u64::from(message.rows) {
         return Err(Fault::Refused(format!(
             "COPY loaded {rows} rows but the chunk holds {}",
             message.rows

@@ -1,0 +1,127 @@
+//! Commit: when every chunk of a batch is loaded, the batch becomes visible at once. Its staging
+//! table gets the read index, then one transaction attaches it as a partition of
+//! `prices_by_batch` (PostgreSQL validates both foreign keys in bulk there) and marks the batch
+//! committed. Rows are never copied a second time.
+//!
+//! One coordinator at a time, and safe to repeat after a kill at any point:
+//! 1. `loading → committing` in the ledger (a batch found `committing` is resumed);
+//! 2. the batch's commit lock, a session advisory lock taken without waiting and held until
+//!    after the attach. Another holder is another coordinator committing the batch, or the
+//!    backend of a killed one still building the index (PostgreSQL ends such a backend once it
+//!    notices its client is gone: `client_connection_check_interval`); the batch is tried later;
+//! 3. the read index, if it does not exist yet (a killed build leaves nothing: it is one
+//!    transaction);
+//! 4. one transaction: the batch's row lock, ATTACH PARTITION, `committed`;
+//! 5. the lock released and the spool dropped (spool files a kill leaves here are removed at the
+//!    next start).
+//!
+//! An outage at any step (a lost connection, `57P01`, a deadlock, a full disk, a catalog race)
+//! is returned: the commit loop (`loops::commit`) tries again with growing pauses and notes it in
+//! the batch's status. Only PostgreSQL refusing the rows (SQLSTATE class 22 or 23 at the index or
+//! the attach) fails the batch.
+
+use crate::state::AppState;
+use ingest_core::batch::{BatchId, BatchState};
+use ingest_core::fault::Fault;
+use ingest_core::ledger::{self, Ending};
+use ingest_core::schema;
+use std::time::Instant;
+use tokio_postgres::Client;
+
+/// How soon PostgreSQL checks that a committing coordinator is still there during a long index
+/// build, so the backend of a killed coordinator ends (and frees the commit lock) quickly.
+const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
+
+/// What became of one commit attempt.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// The batch is visible.
+    Visible,
+    /// PostgreSQL refused the rows (e.g. a port deleted meanwhile): the batch failed.
+    Refused,
+    /// Someone else moved the batch on (another coordinator, a cancel).
+    Skipped,
+    /// Another session holds the batch's commit lock: tried again later.
+    Busy,
+}
+
+/// Commits one batch whose chunks are all loaded (or whose commit was interrupted). Err is an
+/// outage: nothing is decided, the caller tries again later.
+pub async fn commit_batch(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault> {
+    let started = Instant::now();
+    let mut client = app.pool.get().await?;
+    // A `loading` batch is claimed; a `committing` one (an interrupted commit) is resumed.
+    if !ledger::start_commit(&client, batch_id).await?
+        && ledger::batch_state(&client, batch_id).await? != Some(BatchState::Committing)
+    {
+        return Ok(Committed::Skipped);
+    }
+    client.batch_execute(CLIENT_CHECK).await?;
+    if !ledger::try_lock_commit(&client, batch_id).await? {
+        tracing::info!(%batch_id, "another session holds the commit lock; later");
+        return Ok(Committed::Busy);
+    }
+    let result = commit_locked(&mut client, batch_id, started).await;
+    if ledger::unlock_commit(&client, batch_id).await.is_err() {
+        // The session is broken or confused: close it rather than pool it, and the lock ends
+        // with it.
+        drop(deadpool_postgres::Object::take(client));
+    } else {
+        drop(client);
+    }
+    match result {
+        Ok(Committed::Visible) => {
+            app.batch_is_final(batch_id).await;
+            tracing::info!(
+                %batch_id,
+                seconds = started.elapsed().as_secs_f64(),
+                "batch committed"
+            );
+            Ok(Committed::Visible)
+        }
+        Err(Fault::Refused(reason)) => {
+            tracing::warn!(%batch_id, %reason, "commit refused");
+            app.end_batch(batch_id, &Ending::failed(reason)).await?;
+            Ok(Committed::Refused)
+        }
+        other => other,
+    }
+}
+
+/// Steps 3 and 4, under the commit lock.
+async fn commit_locked(
+    client: &mut Client,
+    batch_id: BatchId,
+    started: Instant,
+) -> Result<Committed, Fault> {
+    // Under the lock, look again: another coordinator may have finished it meanwhile.
+    if ledger::batch_state(client, batch_id).await? != Some(BatchState::Committing) {
+        return Ok(Committed::Skipped);
+    }
+    client
+        .batch_execute(&schema::index_staging_sql(batch_id))
+        .await
+        .map_err(|error| step_fault("building the batch's index", &error))?;
+    let tx = client.transaction().await?;
+    if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
+        return Ok(Committed::Skipped);
+    }
+    tx.batch_execute(&schema::attach_sql(batch_id))
+        .await
+        .map_err(|error| step_fault("attaching the batch to prices", &error))?;
+    if !ledger::finish_commit(&tx, batch_id, started.elapsed()).await? {
+        return Ok(Committed::Skipped);
+    }
+    tx.commit()
+        .await
+        .map_err(|error| step_fault("committing the attach", &error))?;
+    Ok(Committed::Visible)
+}
+
+/// A failed commit step, by kind, with the step named.
+fn step_fault(step: &str, error: &tokio_postgres::Error) -> Fault {
+    match Fault::of_rows(error) {
+        Fault::Refused(reason) => Fault::Refused(format!("{step} failed: {reason}")),
+        Fault::Outage(reason) => Fault::Outage(format!("{step}: {reason}")),
+    }
+}

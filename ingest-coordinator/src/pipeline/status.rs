@@ -1,0 +1,163 @@
+//! Status: what a batch looks like from outside, computed from the ledger on every request
+//! (nothing is cached, so every coordinator answers the same). The shape is
+//! `ingest_wire::BatchStatus`; the chunk states counted are named by their enum.
+
+use chrono::{DateTime, Utc};
+use ingest_core::batch::BatchId;
+use ingest_core::chunk::ChunkState;
+use ingest_core::fault::Fault;
+use ingest_core::ledger;
+use ingest_wire::{BatchPage, BatchStatus, ChunkCounts, IdempotencyKey, Outage, RowError};
+use std::sync::LazyLock;
+use tokio_postgres::{Client, Row};
+
+/// The columns of a batch status; `WHERE …` and `GROUP BY b.id` follow.
+static SELECT: LazyLock<String> = LazyLock::new(|| {
+    let count =
+        |state: ChunkState| format!("count(c.seq) FILTER (WHERE c.state = '{}')", state.as_str());
+    format!(
+        "SELECT b.id, b.state, b.rows_total, b.error, b.error_count, b.errors, b.bytes_received,
+                b.content_sha256, b.created_at, b.received_at, b.finished_at, b.commit_seconds,
+                count(c.seq), {pending}, {queued}, {loading}, {loaded},
+                count(c.seq) FILTER (WHERE c.state IN ('{failed}', '{dead}')),
+                coalesce(sum(c.rows) FILTER (WHERE c.state = '{loaded_name}'), 0)::bigint,
+                coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
+                min(c.created_at),
+                b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at
+         FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id",
+        pending = count(ChunkState::Pending),
+        queued = count(ChunkState::Queued),
+        loading = count(ChunkState::Loading),
+        loaded = count(ChunkState::Loaded),
+        failed = ChunkState::Failed.as_str(),
+        dead = ChunkState::Dead.as_str(),
+        loaded_name = ChunkState::Loaded.as_str(),
+    )
+});
+
+/// A count read from the ledger (never negative).
+fn count(row: &Row, index: usize) -> u64 {
+    u64::try_from(row.get::<_, i64>(index)).unwrap_or(0)
+}
+
+fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
+    let id = BatchId(row.get(0));
+    let state = ledger::batch_state_at(row, 1)?;
+    let rows_total: Option<u64> = row
+        .get::<_, Option<i64>>(2)
+        .map(|rows| u64::try_from(rows).unwrap_or(0));
+    let rows_loaded = count(row, 18);
+    let started_at: Option<DateTime<Utc>> = row.get(20);
+    let finished_at: Option<DateTime<Utc>> = row.get(10);
+    let elapsed = started_at.map(|start| {
+        (finished_at.unwrap_or_else(Utc::now) - start).num_milliseconds() as f64 / 1000.0
+    });
+    let rows_per_second = elapsed
+        .filter(|seconds| *seconds > 0.0)
+        .map(|seconds| rows_loaded as f64 / seconds);
+    let eta_seconds = match (state.is_final(), rows_total, rows_per_second) {
+        (false, Some(total), Some(rate)) if rate > 0.0 => {
+            Some(total.saturating_sub(rows_loaded) as f64 / rate)
+        }
+        _ => None,
+    };
+    let errors: Vec<RowError> = serde_json::from_value(row.get(5)).map_err(|error| {
+        Fault::outage(format!(
+            "the ledger's errors of batch {id} do not read: {error}"
+        ))
+    })?;
+    let outage = match (
+        row.get(21),
+        row.get::<_, Option<i32>>(22),
+        row.get(23),
+        row.get(24),
+    ) {
+        (Some(step), Some(attempt), Some(reason), Some(at)) => Some(Outage {
+            step,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            reason,
+            at,
+        }),
+        _ => None,
+    };
+    Ok(BatchStatus {
+        id,
+        state,
+        status_url: format!("/batches/{id}"),
+        rows_total,
+        rows_loaded,
+        chunks: ChunkCounts {
+            total: count(row, 12),
+            pending: count(row, 13),
+            queued: count(row, 14),
+            loading: count(row, 15),
+            loaded: count(row, 16),
+            failed: count(row, 17),
+        },
+        retries: count(row, 19),
+        error: row.get(3),
+        error_count: u64::try_from(row.get::<_, i32>(4)).unwrap_or(0),
+        errors,
+        bytes_received: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
+        content_sha256: row.get(7),
+        duplicate_of: Vec::new(),
+        created_at: row.get(8),
+        started_at,
+        received_at: row.get(9),
+        finished_at,
+        commit_seconds: row.get(11),
+        rows_per_second,
+        eta_seconds,
+        outage,
+    })
+}
+
+/// One batch's status, with the earlier batches that had the same content.
+pub async fn fetch(client: &Client, id: BatchId) -> Result<Option<BatchStatus>, Fault> {
+    let query = format!("{} WHERE b.id = $1 GROUP BY b.id", *SELECT);
+    let Some(row) = client.query_opt(&query, &[&id.get()]).await? else {
+        return Ok(None);
+    };
+    let mut status = from_row(&row)?;
+    if let Some(sha) = &status.content_sha256 {
+        let rows = client
+            .query(
+                "SELECT id FROM batches WHERE content_sha256 = $1 AND id < $2 ORDER BY id",
+                &[sha, &id.get()],
+            )
+            .await?;
+        status.duplicate_of = rows.iter().map(|row| BatchId(row.get(0))).collect();
+    }
+    Ok(Some(status))
+}
+
+/// Which page of batches.
+#[derive(Debug, Clone)]
+pub struct PageQuery {
+    /// Page size (1 to 100).
+    pub limit: u8,
+    /// Only batches with a smaller id (the `next` cursor of the previous page).
+    pub before: Option<BatchId>,
+    /// Only the batch that holds this key.
+    pub idempotency_key: Option<IdempotencyKey>,
+}
+
+/// A page of batches, newest first.
+pub async fn page(client: &Client, query: &PageQuery) -> Result<BatchPage, Fault> {
+    let sql = format!(
+        "{} WHERE b.id < $1 AND ($3::text IS NULL OR b.idempotency_key = $3)
+         GROUP BY b.id ORDER BY b.id DESC LIMIT $2",
+        *SELECT
+    );
+    let before = query.before.map_or(i64::MAX, BatchId::get);
+    let limit = i64::from(query.limit);
+    let key = query.idempotency_key.as_ref().map(IdempotencyKey::as_str);
+    let rows = client.query(&sql, &[&before, &limit, &key]).await?;
+    let batches = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    // A key names at most one batch: no next page then.
+    let next = (key.is_none() && batches.len() == usize::from(query.limit))
+        .then(|| batches.last())
+        .flatten()
+        .map(|last| format!("/batches?limit={}&before={}", query.limit, last.id));
+    Ok(BatchPage { batches, next })
+}

@@ -1,0 +1,273 @@
+//! Submit: opens a batch for an upload and streams the body through split and publish, then
+//! records how the upload ended. The body is never held in memory: frames go to the split thread
+//! as they arrive.
+//!
+//! An outage of PostgreSQL, RabbitMQ or the spool during the upload pauses it (no more of the body
+//! is read) for up to `INGEST_RIDE_THROUGH_SECONDS`; past that the batch fails and frees its key,
+//! and the caller answers 503.
+
+use super::body::BodyReader;
+use super::publish;
+use super::rates::Ports;
+use super::split::{self, Cutoff, SplitReport, SplitSettings};
+use super::status;
+use crate::state::AppState;
+use axum::body::Body;
+use futures_util::StreamExt;
+use ingest_core::batch::{BatchId, BatchState};
+use ingest_core::fault::Fault;
+use ingest_core::ledger::{self, Ending, NewBatch, Received as ReceivedFile};
+use ingest_core::outage::ride_through;
+use ingest_wire::{BatchStatus, IdempotencyKey};
+use std::io;
+use tokio::sync::mpsc;
+
+/// How an upload ended, with the batch's status.
+#[derive(Debug)]
+pub enum Received {
+    /// The whole file is in and every chunk is queued: workers load it.
+    Loading(BatchStatus),
+    /// The batch failed at once, for the reason given; its status says more.
+    Refused(Refusal, BatchStatus),
+    /// The batch was cancelled while the file came in.
+    Cancelled(BatchStatus),
+}
+
+/// Why an upload was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Lines are not valid prices (the file keeps its key: the same file gets the same answer).
+    Content,
+    /// The body is larger than the limit.
+    TooLarge,
+    /// The upload broke off before its end (the key is freed for the retry).
+    BrokeOff,
+}
+
+/// Records a new batch in `receiving`, or finds the batch that holds `key`. A batch that holds
+/// the key but is `receiving` with no upload feeding it is what a broken-off upload left behind
+/// (its end not recorded yet, because the coordinator restarted or PostgreSQL was away): it is
+/// ended now, freeing the key, so the client's retry is the fresh submit it asks for.
+pub async fn open_batch(app: &AppState, key: Option<&IdempotencyKey>) -> Result<NewBatch, Fault> {
+    let patience = app.config.upload_patience();
+    let pool = &app.pool;
+    loop {
+        let opened = ride_through(patience, "recording a new batch", move || async move {
+            let mut client = pool.get().await?;
+            let opened = ledger::create_batch(&mut client, key).await?;
+            let state = match opened {
+                NewBatch::Existing(id) => ledger::batch_state(&client, id).await?,
+                NewBatch::Created(_) => None,
+            };
+            Ok((opened, state))
+        })
+        .await?;
+        match opened {
+            (NewBatch::Existing(id), Some(BatchState::Receiving)) if !app.receiving.is_fed(id) => {
+                let reason = "the upload stopped before the whole file was in; it was sent again \
+                              with the same Idempotency-Key";
+                app.end_batch(id, &Ending::upload_lost(reason)).await?;
+                tracing::info!(batch_id = %id, "ended a broken-off upload whose key came back");
+            }
+            (opened, _) => return Ok(opened),
+        }
+    }
+}
+
+/// Takes the upload of a batch just opened: streams `body` through split and publish, records
+/// how it ended. An outage that outlasted the patience fails the batch (freeing its key) and is
+/// returned.
+pub async fn take(
+    app: &AppState,
+    batch_id: BatchId,
+    gzip: bool,
+    body: Body,
+) -> Result<Received, Fault> {
+    let _feeding = app.receiving.feed(batch_id);
+    tracing::info!(%batch_id, gzip, "receiving a batch");
+    match receive(app, batch_id, gzip, body).await {
+        Ok(report) => conclude(app, batch_id, report).await,
+        Err(fault) => {
+            // Should PostgreSQL still be away, the sweep ends the batch once it is back.
+            tracing::warn!(%batch_id, %fault, "upload given up");
+            let reason = format!(
+                "the upload was given up: PostgreSQL, RabbitMQ or the coordinator's spool was \
+                 unavailable for longer than {} s; submit the file again",
+                app.config.ride_through_seconds
+            );
+            if let Err(error) = app.end_batch(batch_id, &Ending::upload_lost(reason)).await {
+                tracing::warn!(%batch_id, %error, "cannot record the failed upload yet; the sweep will");
+            }
+            Err(fault)
+        }
+    }
+}
+
+/// Streams the body through split (blocking threads) and publish (async), concurrently.
+async fn receive(
+    app: &AppState,
+    batch_id: BatchId,
+    gzip: bool,
+    body: Body,
+) -> Result<SplitReport, Fault> {
+    let pool = &app.pool;
+    let ports = ride_through(
+        app.config.upload_patience(),
+        "reading the ports",
+        move || async move {
+            let client = pool.get().await?;
+            let rows = client.query("SELECT code FROM ports", &[]).await?;
+            Ok(Ports::new(rows.iter().map(|row| row.get::<_, String>(0))))
+        },
+    )
+    .await?;
+    let settings = SplitSettings {
+        chunk_rows: app.config.chunk_rows,
+        max_line_bytes: app.config.max_line_bytes,
+        max_errors: app.config.max_errors,
+        max_body_bytes: app.config.max_body_bytes,
+        gzip,
+    };
+    let (frames_tx, frames_rx) = mpsc::channel(16);
+    let (chunks_tx, chunks_rx) = mpsc::channel(4);
+    let reader = BodyReader::new(frames_rx, settings.max_body_bytes);
+    let split =
+        tokio::task::spawn_blocking(move || split::split(reader, &settings, &ports, chunks_tx));
+    let publish = tokio::spawn(publish::publish_batch(app.clone(), batch_id, chunks_rx));
+
+    // While publish waits out an outage it takes no chunk, split then reads no frame, and this
+    // loop reads no more of the body: the client is held back by TCP.
+    let mut frames = body.into_data_stream();
+    while let Some(frame) = frames.next().await {
+        let frame = frame.map_err(|error| io::Error::new(io::ErrorKind::ConnectionAborted, error));
+        if frame.is_err() {
+            let _ = frames_tx.send(frame).await;
+            break;
+        }
+        // A closed channel means split stopped reading (a fatal error, the error limit, or
+        // publish gave up); the rest of the body is read and dropped before the answer goes out
+        // (`http::unread_body`).
+        if frames_tx.send(frame).await.is_err() {
+            break;
+        }
+    }
+    drop(frames_tx);
+    drop(frames);
+    let report = split
+        .await
+        .map_err(|error| Fault::outage(format!("the splitter stopped: {error}")))?;
+    let published = publish
+        .await
+        .map_err(|error| Fault::outage(format!("the publisher stopped: {error}")))??;
+    debug_assert!(published == report.chunks || report.error_count > 0);
+    Ok(report)
+}
+
+/// The batch's status, riding through an outage (`None` for an unknown batch).
+pub async fn current_status(
+    app: &AppState,
+    batch_id: BatchId,
+) -> Result<Option<BatchStatus>, Fault> {
+    let pool = &app.pool;
+    ride_through(
+        app.config.upload_patience(),
+        "reading a batch's status",
+        move || async move {
+            let client = pool.get().await?;
+            status::fetch(&client, batch_id).await
+        },
+    )
+    .await
+}
+
+/// The status of a batch this upload made (it exists: it was made above).
+async fn status_of(app: &AppState, batch_id: BatchId) -> Result<BatchStatus, Fault> {
+    current_status(app, batch_id)
+        .await?
+        .ok_or_else(|| Fault::outage(format!("batch {batch_id} vanished from the ledger")))
+}
+
+/// Records how the upload ended.
+async fn conclude(
+    app: &AppState,
+    batch_id: BatchId,
+    report: SplitReport,
+) -> Result<Received, Fault> {
+    let patience = app.config.upload_patience();
+    let refusal = match (&report.cutoff, report.error_count) {
+        (Some(Cutoff::TooLarge), _) => Some(Refusal::TooLarge),
+        (Some(Cutoff::Interrupted(_)), _) => Some(Refusal::BrokeOff),
+        (None, 0) => None,
+        (None, _) => Some(Refusal::Content),
+    };
+    if let Some(refusal) = refusal {
+        let ending = &ending(&report);
+        tracing::info!(%batch_id, error = %ending.error, "batch refused");
+        ride_through(patience, "recording a refused batch", move || async move {
+            app.end_batch(batch_id, ending).await
+        })
+        .await?;
+        return Ok(Received::Refused(refusal, status_of(app, batch_id).await?));
+    }
+    let (pool, received) = (
+        &app.pool,
+        &ReceivedFile {
+            rows: report.rows,
+            chunks: report.chunks,
+            bytes: report.bytes_received,
+            sha256: &report.sha256,
+        },
+    );
+    let loading = ride_through(patience, "recording a received batch", move || async move {
+        let client = pool.get().await?;
+        Ok(ledger::finish_receiving(&client, batch_id, received).await?)
+    })
+    .await?;
+    app.commit_wakeup.notify_one();
+    let status = status_of(app, batch_id).await?;
+    if !loading {
+        return Ok(Received::Cancelled(status));
+    }
+    tracing::info!(
+        %batch_id,
+        rows = report.rows,
+        chunks = report.chunks,
+        "batch received"
+    );
+    Ok(Received::Loading(status))
+}
+
+/// The failure to record for a refused upload.
+fn ending(report: &SplitReport) -> Ending {
+    let count = if report.errors_truncated {
+        format!("at least {}", report.error_count)
+    } else {
+        report.error_count.to_string()
+    };
+    let error = match report.errors.first() {
+        Some(first) => format!(
+            "the file has {count} error(s); the first is on {}",
+            first_error(first)
+        ),
+        None => "the upload failed".to_string(),
+    };
+    Ending {
+        state: BatchState::Failed,
+        error,
+        error_count: report.error_count as u64,
+        errors: report.errors.clone(),
+        bytes_received: Some(report.bytes_received),
+        content_sha256: (!report.sha256.is_empty()).then(|| report.sha256.clone()),
+        release_key: matches!(report.cutoff, Some(Cutoff::Interrupted(_))),
+    }
+}
+
+/// `line L, column C: message` (the summary leaves the value out).
+fn first_error(error: &ingest_wire::RowError) -> String {
+    let column = error
+        .column
+        .as_deref()
+        .map(|column| format!(", column {column}"))
+        .unwrap_or_default();
+    format!("line {}{column}: {}", error.line, error.message)
+}

@@ -1,0 +1,417 @@
+//! No chunk is stranded and only the data fails a batch, on real PostgreSQL and RabbitMQ: a
+//! message dead-lettered is handed out again; a poison chunk fails its batch naming its lines; a
+//! commit interrupted after any of its steps (or racing a killed coordinator's index build) is
+//! resumed and commits once; two coordinators committing one batch at once commit it once; an
+//! upload nobody feeds any more is ended and frees its key. (Stopping PostgreSQL or RabbitMQ
+//! themselves is `outages.rs`.)
+
+use ingest_coordinator::pipeline::commit::{self, Committed};
+use ingest_core::chunk::ChunkState;
+use ingest_core::{ledger, schema};
+use ingest_testkit::{rates_file, Options, TestEnv};
+use ingest_wire::{BatchId, BatchState, IdempotencyKey};
+use lapin::options::{BasicGetOptions, BasicRejectOptions, QueuePurgeOptions};
+use std::time::Duration;
+
+const FINAL_WITHIN: Duration = Duration::from_secs(120);
+
+/// (rows, sum of prices) of one batch as readers see it.
+async fn batch_totals(env: &TestEnv, id: BatchId) -> (i64, i64) {
+    let row = env
+        .db
+        .query_one(
+            "SELECT count(*), coalesce(sum(price), 0)::bigint FROM prices_by_batch
+             WHERE batch_id = $1",
+            &[&id.get()],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Partitions of `prices_by_batch`.
+async fn partitions(env: &TestEnv) -> i64 {
+    env.db
+        .query_one(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'prices_by_batch'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Submits `rows` generated rows (seed `seed`) and returns the batch id once accepted.
+async fn submit_generated(env: &TestEnv, seed: u64, rows: u64) -> BatchId {
+    let codes = rates_file::port_codes(&ingest_testkit::data_dir());
+    let (code, accepted) = env.submit(rates_file::whole(&codes, seed, rows)).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    accepted.id()
+}
+
+/// What readers must see of a generated batch.
+fn expected(seed: u64, rows: u64) -> (i64, i64) {
+    rates_file::totals(
+        &rates_file::port_codes(&ingest_testkit::data_dir()),
+        seed,
+        rows,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dead_lettered_chunks_are_handed_out_again_and_the_batch_commits() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        redrive_after_seconds: 1.0,
+        ..Options::default()
+    })
+    .await;
+    let id = submit_generated(&env, 21, 30_000).await;
+    assert_eq!(env.queue_depth().await, 6);
+
+    // Dead-letter every message, as RabbitMQ does past the delivery limit: the ledger still
+    // has the chunks `queued`, and no message for them is left in the chunk queue.
+    let connection = ingest_testkit::amqp_connection("dead-letterer").await;
+    let channel = connection.create_channel().await.unwrap();
+    let mut rejected = 0;
+    while let Some(message) = channel
+        .basic_get(env.queue.as_str().into(), BasicGetOptions::default())
+        .await
+        .unwrap()
+    {
+        message
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await
+            .unwrap();
+        rejected += 1;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    assert_eq!(rejected, 6);
+    env.wait_until("the messages to be dead-lettered", FINAL_WITHIN, || async {
+        env.dead_letters().await == 6
+    })
+    .await;
+    assert_eq!(env.chunks_in(id, ChunkState::Queued).await, 6);
+
+    env.start_workers(2);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(batch_totals(&env, id).await, expected(21, 30_000));
+    assert_eq!(
+        env.dead_letters().await,
+        6,
+        "the dead letters stay for an operator"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_chunk_fails_its_batch_naming_the_chunk_and_its_lines() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        redrive_after_seconds: 1.0,
+        max_attempts: 2,
+        ..Options::default()
+    })
+    .await;
+    let id = submit_generated(&env, 22, 20_000).await;
+    assert_eq!(env.queue_depth().await, 4);
+
+    // Chunk 2 (lines 10002–15001) becomes a COPY stream PostgreSQL refuses (rows of three
+    // fields), in the spool and so in every copy handed out from now on; the messages already
+    // queued go.
+    let poison = env.spool.path().join(format!("batch-{id}/chunk-2.copy"));
+    let mut bytes = b"PGCOPY\n\xff\r\n\0".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
+    bytes.extend_from_slice(&3i16.to_be_bytes());
+    std::fs::write(&poison, bytes).unwrap();
+    let connection = ingest_testkit::amqp_connection("purger").await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_purge(env.queue.as_str().into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+
+    env.start_workers(2);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Failed, "{status:#?}");
+    let error = status.error.as_deref().unwrap();
+    assert!(
+        error.starts_with("chunk 2 (lines 10002–15001) was refused 2 times; last error: "),
+        "{error}"
+    );
+    assert!(error.contains("SQLSTATE 22P04"), "{error}");
+    assert_eq!(env.chunks_in(id, ChunkState::Dead).await, 1);
+    assert_eq!(env.prices_count().await, 0);
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    assert!(!env.spool.path().join(format!("batch-{id}")).exists());
+}
+
+/// Four batches, loaded but not committed, each left as a coordinator killed at another point
+/// of the commit would leave it; a new coordinator finishes each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        chunk_rows: 10_000,
+        ..Options::default()
+    })
+    .await;
+    const ROWS: u64 = 30_000;
+    let seeds = [31, 32, 33, 34];
+    let mut ids = Vec::new();
+    for seed in seeds {
+        ids.push(submit_generated(&env, seed, ROWS).await);
+    }
+    env.stop_coordinator().await;
+    env.start_workers(2);
+    for id in &ids {
+        env.wait_loaded(*id, FINAL_WITHIN).await;
+    }
+    let [after_claim, after_index, mid_index, after_attach] = ids[..] else {
+        unreachable!()
+    };
+
+    // Killed right after `loading → committing`.
+    assert!(ledger::start_commit(&env.db, after_claim).await.unwrap());
+    // Killed after the index was built.
+    assert!(ledger::start_commit(&env.db, after_index).await.unwrap());
+    env.db
+        .batch_execute(&schema::index_staging_sql(after_index))
+        .await
+        .unwrap();
+    // Killed while building the index: its backend still holds the commit lock, in the middle of
+    // its own CREATE INDEX.
+    assert!(ledger::start_commit(&env.db, mid_index).await.unwrap());
+    let lingering = ingest_core::db::connect(&env.database_url).await.unwrap();
+    let lingering_pid: i32 = lingering
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ledger::try_lock_commit(&lingering, mid_index)
+        .await
+        .unwrap());
+    lingering
+        .batch_execute(&format!("BEGIN; {}", schema::index_staging_sql(mid_index)))
+        .await
+        .unwrap();
+    // Killed after the attach committed, before its spool was removed.
+    assert!(ledger::start_commit(&env.db, after_attach).await.unwrap());
+    {
+        let tx = env.db.transaction().await.unwrap();
+        tx.batch_execute(&schema::index_staging_sql(after_attach))
+            .await
+            .unwrap();
+        tx.batch_execute(&schema::attach_sql(after_attach))
+            .await
+            .unwrap();
+        assert!(
+            ledger::finish_commit(&tx, after_attach, Duration::from_millis(100))
+                .await
+                .unwrap()
+        );
+        tx.commit().await.unwrap();
+    }
+    assert!(env
+        .spool
+        .path()
+        .join(format!("batch-{after_attach}"))
+        .exists());
+
+    env.start_coordinator().await;
+    for id in [after_claim, after_index, after_attach] {
+        let status = env.wait_final(id, FINAL_WITHIN).await;
+        assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    }
+    // The lingering backend keeps the batch from being committed twice at once.
+    assert_eq!(env.batch_state(mid_index).await, BatchState::Committing);
+    assert_eq!(
+        commit::commit_batch(env.state(), mid_index).await.unwrap(),
+        Committed::Busy
+    );
+    // Its coordinator is dead: PostgreSQL ends the backend, its index build is rolled back and
+    // the lock freed.
+    env.db
+        .execute("SELECT pg_terminate_backend($1)", &[&lingering_pid])
+        .await
+        .unwrap();
+    drop(lingering);
+    let status = env.wait_final(mid_index, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+
+    for (id, seed) in ids.iter().zip(seeds) {
+        assert_eq!(
+            batch_totals(&env, *id).await,
+            expected(seed, ROWS),
+            "batch {id}"
+        );
+    }
+    assert_eq!(partitions(&env).await, 4);
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    assert_eq!(
+        env.state().spool.batches().await.unwrap(),
+        Vec::<BatchId>::new(),
+        "no spooled chunks are left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        chunk_rows: 50_000,
+        // Only the calls below commit: the loops look once at start, when nothing is ready.
+        commit_poll_ms: 3_600_000,
+        ..Options::default()
+    })
+    .await;
+    const ROWS: u64 = 300_000;
+    let id = submit_generated(&env, 41, ROWS).await;
+    let first = env.coordinator.take().unwrap();
+    let second = ingest_coordinator::app::start(env.config.clone())
+        .await
+        .unwrap();
+    env.start_workers(2);
+    env.wait_loaded(id, FINAL_WITHIN).await;
+
+    let (a, b) = tokio::join!(
+        commit::commit_batch(&first.state, id),
+        commit::commit_batch(&second.state, id)
+    );
+    let mut outcomes = [a.unwrap(), b.unwrap()];
+    outcomes.sort_by_key(|outcome| format!("{outcome:?}"));
+    assert!(
+        matches!(
+            outcomes,
+            [Committed::Busy, Committed::Visible] | [Committed::Skipped, Committed::Visible]
+        ),
+        "{outcomes:?}"
+    );
+    env.coordinator = Some(first);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(status.outage, None);
+    assert_eq!(batch_totals(&env, id).await, expected(41, ROWS));
+    assert_eq!(partitions(&env).await, 1);
+    second.stop().await.unwrap();
+}
+
+/// What a handler that died before it could record the end of its upload leaves behind: a batch
+/// `receiving` under `key` that nothing feeds.
+async fn orphan_upload(env: &TestEnv, key: &str) -> BatchId {
+    let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
+    let key = IdempotencyKey::parse(key).unwrap();
+    match ledger::create_batch(&mut client, Some(&key)).await.unwrap() {
+        ledger::NewBatch::Created(id) => id,
+        ledger::NewBatch::Existing(id) => panic!("the key {key} is held by batch {id}"),
+    }
+}
+
+/// Sends a one-row file with `key`: it must be a new batch (not `orphan`) that commits.
+async fn resubmit_commits(env: &TestEnv, key: &str, orphan: BatchId) {
+    let body = "orig_code,dest_code,day,price\nCNSGH,NLRTM,2016-01-01,100\n";
+    let (code, accepted) = env.submit_with(body, &[("idempotency-key", key)]).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    assert_ne!(accepted.id(), orphan);
+    let status = env.wait_final(accepted.id(), FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_nobody_feeds_is_ended_and_its_key_freed() {
+    let env = TestEnv::start(Options {
+        redrive_after_seconds: 1.0,
+        ..Options::default()
+    })
+    .await;
+    let orphan = orphan_upload(&env, "k-orphan").await;
+    let status = env.wait_final(orphan, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Failed, "{status:#?}");
+    assert!(
+        status
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("the upload stopped before the whole file was in"),
+        "{status:#?}"
+    );
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    // The key is free: the retry with it is a fresh batch that commits.
+    resubmit_commits(&env, "k-orphan", orphan).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_with_the_key_of_a_broken_off_upload_is_a_fresh_submit() {
+    // The sweep waits 30 s: the key must be freed by the retry itself.
+    let env = TestEnv::start(Options::default()).await;
+    let orphan = orphan_upload(&env, "k-broken").await;
+    resubmit_commits(&env, "k-broken", orphan).await;
+    assert_eq!(env.batch_state(orphan).await, BatchState::Failed);
+    assert_eq!(env.prices_count().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let id = submit_generated(&env, 61, 20_000).await;
+    env.stop_coordinator().await;
+    env.start_workers(2);
+    env.wait_loaded(id, FINAL_WITHIN).await;
+
+    // Hold the batch's staging table so the commit's index build waits on it, then end the
+    // commit's session as a database restart would (57P01).
+    let blocker = env.db.transaction().await.unwrap();
+    blocker
+        .batch_execute(&format!(
+            "LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            schema::staging_table(id)
+        ))
+        .await
+        .unwrap();
+    let watcher = ingest_core::db::connect(&env.database_url).await.unwrap();
+    let running = ingest_coordinator::app::start(env.config.clone())
+        .await
+        .unwrap();
+    let index_build = format!("%CREATE INDEX IF NOT EXISTS batch_{id}_route_day%");
+    let deadline = std::time::Instant::now() + FINAL_WITHIN;
+    loop {
+        let killed: i64 = watcher
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                 WHERE query LIKE $1 AND wait_event_type = 'Lock'",
+                &[&index_build],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if killed > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.rollback().await.unwrap();
+    env.base = format!("http://{}", running.addr);
+    env.coordinator = Some(running);
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    let outage = status.outage.as_ref().expect("the outage is in the status");
+    assert_eq!(outage.step, "commit", "{status:#?}");
+    assert_eq!(outage.attempt, 1, "{status:#?}");
+    let reason = &outage.reason;
+    assert!(
+        reason.starts_with("building the batch's index: ") && reason.contains("SQLSTATE 57P01"),
+        "{reason}"
+    );
+    assert_eq!(batch_totals(&env, id).await, expected(61, 20_000));
+}

@@ -1,0 +1,10 @@
+//! The coordinator's integration tests, one binary with a module per theme, on the real
+//! PostgreSQL and RabbitMQ (each test on a database and queues of its own, from
+//! `ingest-testkit`).
+
+mod faults;
+mod outages;
+mod pipeline;
+mod process;
+mod streaming;
+mod validation;

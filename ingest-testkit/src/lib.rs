@@ -1,0 +1,485 @@
+//! What every integration test needs, packaged like the code (a dev-dependency crate, as
+//! quickwit keeps its test support apart): a fresh database and fresh queues of its own (random
+//! suffix) on the real PostgreSQL and RabbitMQ, the coordinator on port 0, in-process workers, and
+//! ways to read outcomes — answers read as `ingest-wire`'s types, the coordinator's own.
+//! Everything is removed again when the environment is dropped.
+//!
+//! - [`rates_file`]: generated rates files and their checksums;
+//! - [`process`]: the real binaries as child processes;
+//! - [`outage`]: real outages of the shared services, and the lock that lets them run alone.
+
+mod answer;
+pub mod outage;
+pub mod process;
+pub mod rates_file;
+
+pub use answer::Answer;
+
+use ingest_coordinator::app::{self, Running};
+use ingest_coordinator::config::Config;
+use ingest_coordinator::state::AppState;
+use ingest_core::chunk::ChunkState;
+use ingest_core::{broker, db};
+use ingest_wire::{BatchId, BatchState, BatchStatus};
+use rand::Rng;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The repository's copy of the ratestask reference data.
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../data/ratestask")
+}
+
+/// The sample batch: 56,689 real prices.
+pub fn sample_prices() -> PathBuf {
+    data_dir().join("prices.csv")
+}
+
+/// The server the tests use (the local one unless `DATABASE_URL` says otherwise), with `db`.
+fn server_url(db: &str) -> String {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_DATABASE_URL.into());
+    let authority = url.find("://").map(|at| at + 3).unwrap_or(0);
+    let end = url[authority..]
+        .find('/')
+        .map(|at| authority + at)
+        .unwrap_or(url.len());
+    format!("{}/{db}", &url[..end])
+}
+
+/// The broker the tests use.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| broker::DEFAULT_AMQP_URL.into())
+}
+
+/// A connection to the tests' broker, for looking at queues.
+pub async fn amqp_connection(name: &str) -> lapin::Connection {
+    broker::connect(
+        &amqp_url(),
+        name,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("amqp")
+}
+
+/// How a test wants its environment.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Workers started at once.
+    pub workers: usize,
+    /// Rows per chunk.
+    pub chunk_rows: usize,
+    /// The API token, if any.
+    pub token: Option<String>,
+    /// Input errors reported at most.
+    pub max_errors: usize,
+    /// Body limit.
+    pub max_body_bytes: u64,
+    /// Start the coordinator in this process (tests that run the binary say false).
+    pub coordinator: bool,
+    /// Chunks pending or queued with no claim this long are handed out again (seconds).
+    pub redrive_after_seconds: f64,
+    /// Refused attempts before a chunk is buried.
+    pub max_attempts: u32,
+    /// The commit loop's period.
+    pub commit_poll_ms: u64,
+    /// This test stops PostgreSQL or RabbitMQ: it runs alone (an exclusive lock that every other
+    /// test environment takes shared).
+    pub exclusive: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            workers: 2,
+            chunk_rows: 5_000,
+            token: None,
+            max_errors: 100,
+            max_body_bytes: 1 << 30,
+            coordinator: true,
+            redrive_after_seconds: 30.0,
+            max_attempts: 5,
+            commit_poll_ms: 50,
+            exclusive: false,
+        }
+    }
+}
+
+/// One test's world.
+pub struct TestEnv {
+    /// The test database's name.
+    pub db_name: String,
+    /// Its URL.
+    pub database_url: String,
+    /// The chunk queue.
+    pub queue: String,
+    /// The spool folder.
+    pub spool: tempfile::TempDir,
+    /// The coordinator, while it runs.
+    pub coordinator: Option<Running>,
+    /// `http://host:port` of the coordinator.
+    pub base: String,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    /// A connection to the test database.
+    pub db: tokio_postgres::Client,
+    /// The configuration the coordinator was started with.
+    pub config: Config,
+    workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    /// Held while the environment lives: shared, or exclusive for a test that stops services.
+    _turn: outage::Turn,
+}
+
+impl TestEnv {
+    /// A fresh database (migrated, seeded), fresh queues, the coordinator and the workers.
+    pub async fn start(options: Options) -> TestEnv {
+        let turn = outage::Turn::take(options.exclusive);
+        let suffix: u64 = rand::rng().random();
+        let db_name = format!("ingest_test_{suffix:x}");
+        let admin = db::connect(&server_url("postgres"))
+            .await
+            .expect("admin connection");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create the test database");
+        let database_url = server_url(&db_name);
+        let queue = format!("ingest.test.{suffix:x}");
+        let spool = tempfile::tempdir().expect("spool dir");
+
+        let mut config = Config::defaults();
+        config.database_url = database_url.clone();
+        config.amqp_url = amqp_url();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.queue = queue.clone();
+        config.spool_dir = spool.path().to_path_buf();
+        config.chunk_rows = options.chunk_rows;
+        config.token = options.token.clone();
+        config.max_errors = options.max_errors;
+        config.max_body_bytes = options.max_body_bytes;
+        config.commit_poll_ms = options.commit_poll_ms;
+        config.redrive_poll_ms = 200;
+        config.redrive_after_seconds = options.redrive_after_seconds;
+        config.max_attempts = options.max_attempts;
+        config.backoff_max_ms = 200;
+        config.ride_through_seconds = 60;
+        config.db_pool = 8;
+
+        let mut seed_client = db::connect(&database_url).await.expect("test database");
+        ingest_core::schema::migrate(&mut seed_client)
+            .await
+            .expect("migrate");
+        ingest_coordinator::seed::seed(&mut seed_client, &data_dir())
+            .await
+            .expect("seed");
+
+        let coordinator = if options.coordinator {
+            Some(
+                app::start(config.clone())
+                    .await
+                    .expect("coordinator starts"),
+            )
+        } else {
+            None
+        };
+        let base = coordinator
+            .as_ref()
+            .map(|running| format!("http://{}", running.addr))
+            .unwrap_or_default();
+        let mut env = TestEnv {
+            db_name,
+            database_url,
+            queue,
+            spool,
+            coordinator,
+            base,
+            http: reqwest::Client::new(),
+            db: seed_client,
+            config,
+            workers: Vec::new(),
+            _turn: turn,
+        };
+        env.start_workers(options.workers);
+        env
+    }
+
+    /// Starts `n` more in-process workers on this environment's queue.
+    pub fn start_workers(&mut self, n: usize) {
+        for _ in 0..n {
+            let mut config = ingest_worker::Config::defaults();
+            config.database_url = self.database_url.clone();
+            config.amqp_url = amqp_url();
+            config.queue = self.queue.clone();
+            config.concurrency = 2;
+            config.backoff_max_ms = 200;
+            config.name = Some(format!("test-worker-{}", self.workers.len()));
+            let token = CancellationToken::new();
+            let handle = tokio::spawn(ingest_worker::run(config, token.clone()));
+            self.workers.push((token, handle));
+        }
+    }
+
+    /// Stops every worker (they drain) and waits for them.
+    pub async fn stop_workers(&mut self) {
+        for (token, handle) in self.workers.drain(..) {
+            token.cancel();
+            handle.await.expect("worker task").expect("worker run");
+        }
+    }
+
+    /// Stops the in-process coordinator (as a stopped process would leave things).
+    pub async fn stop_coordinator(&mut self) {
+        if let Some(running) = self.coordinator.take() {
+            running.stop().await.expect("the coordinator stops");
+        }
+    }
+
+    /// Starts a coordinator (a fresh one, as after a restart) with the environment's settings.
+    pub async fn start_coordinator(&mut self) {
+        self.start_coordinator_with(self.config.clone()).await;
+    }
+
+    /// Starts a coordinator with `config`.
+    pub async fn start_coordinator_with(&mut self, config: Config) {
+        let running = app::start(config).await.expect("coordinator starts");
+        self.base = format!("http://{}", running.addr);
+        self.coordinator = Some(running);
+    }
+
+    /// The running coordinator's state.
+    pub fn state(&self) -> &AppState {
+        &self.coordinator.as_ref().expect("a coordinator runs").state
+    }
+
+    /// Opens a new connection to the test database (the old one died with a restart).
+    pub async fn reconnect_db(&mut self) {
+        self.db = db::connect(&self.database_url)
+            .await
+            .expect("test database after the outage");
+    }
+
+    /// The batch's state as the ledger has it.
+    pub async fn batch_state(&self, id: BatchId) -> BatchState {
+        self.db
+            .query_one("SELECT state FROM batches WHERE id = $1", &[&id.get()])
+            .await
+            .expect("batch state")
+            .get::<_, String>(0)
+            .parse()
+            .expect("a batch state")
+    }
+
+    /// Chunks of the batch in `state`.
+    pub async fn chunks_in(&self, id: BatchId, state: ChunkState) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM chunks WHERE batch_id = $1 AND state = $2",
+                &[&id.get(), &state.as_str()],
+            )
+            .await
+            .expect("chunk count")
+            .get(0)
+    }
+
+    /// Waits until every chunk of the batch is loaded (its upload complete), or panics.
+    pub async fn wait_loaded(&self, id: BatchId, within: Duration) {
+        self.wait_until("every chunk loaded", within, || async {
+            let row = self
+                .db
+                .query_one(
+                    "SELECT b.chunks_total, count(c.seq) FILTER (WHERE c.state = 'loaded')
+                     FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id
+                     WHERE b.id = $1 GROUP BY b.id",
+                    &[&id.get()],
+                )
+                .await
+                .expect("chunk counts");
+            row.get::<_, Option<i32>>(0).map(i64::from) == Some(row.get::<_, i64>(1))
+        })
+        .await;
+    }
+
+    /// `POST /batches` with a CSV body; returns the status code and the answer.
+    pub async fn submit(&self, body: impl Into<reqwest::Body>) -> (u16, Answer) {
+        self.submit_with(body, &[]).await
+    }
+
+    /// `POST /batches` with extra headers.
+    pub async fn submit_with(
+        &self,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Answer) {
+        let mut request = self
+            .http
+            .post(format!("{}/batches", self.base))
+            .header("content-type", "text/csv")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("submit request");
+        let code = response.status().as_u16();
+        let body = response.json::<Value>().await.unwrap_or(Value::Null);
+        (code, Answer::read(body))
+    }
+
+    /// `GET` a path of the API; returns the status code and the JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET request");
+        let code = response.status().as_u16();
+        (code, response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /batches/{id}`, which must answer 200 with a batch status.
+    pub async fn status(&self, id: BatchId) -> BatchStatus {
+        let (code, body) = self.get(&format!("/batches/{id}")).await;
+        assert_eq!(code, 200, "GET /batches/{id}: {body:#}");
+        Answer::read(body).batch().clone()
+    }
+
+    /// Polls the batch until it is final or `within` passes (then panics with its last status).
+    pub async fn wait_final(&self, id: BatchId, within: Duration) -> BatchStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status(id).await;
+            if status.is_final() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "batch {id} not final in time: {status:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `check` holds, polling, or panics after `within`.
+    pub async fn wait_until<F, Fut>(&self, what: &str, within: Duration, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while !check().await {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `SELECT count(*) FROM prices`.
+    pub async fn prices_count(&self) -> i64 {
+        self.db
+            .query_one("SELECT count(*) FROM prices", &[])
+            .await
+            .expect("count prices")
+            .get(0)
+    }
+
+    /// Per day: (day, rows, sum of prices), from `prices`, ordered by day.
+    pub async fn prices_checksum(&self) -> Vec<(String, i64, i64)> {
+        self.db
+            .query(
+                "SELECT day::text, count(*), sum(price)::bigint FROM prices GROUP BY day ORDER BY day",
+                &[],
+            )
+            .await
+            .expect("checksum")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
+    /// Tables left in the staging schema (not attached as partitions).
+    pub async fn unattached_staging_tables(&self) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'price_batches' AND c.relkind = 'r' AND NOT c.relispartition",
+                &[],
+            )
+            .await
+            .expect("staging tables")
+            .get(0)
+    }
+
+    /// Messages waiting in the chunk queue.
+    pub async fn queue_depth(&self) -> u32 {
+        self.depth_of(&self.queue).await.0
+    }
+
+    /// Messages waiting in the dead-letter queue.
+    pub async fn dead_letters(&self) -> u32 {
+        self.depth_of(&broker::dead_letter_queue(&self.queue))
+            .await
+            .0
+    }
+
+    /// Consumers of the chunk queue.
+    pub async fn consumers(&self) -> u32 {
+        self.depth_of(&self.queue).await.1
+    }
+
+    /// (messages ready, consumers) of a queue.
+    async fn depth_of(&self, queue: &str) -> (u32, u32) {
+        let connection = amqp_connection("test").await;
+        let channel = connection.create_channel().await.expect("channel");
+        let depth = broker::depth(&channel, queue).await.expect("queue");
+        let _ = connection.close(200, "bye".into()).await;
+        depth
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for (token, handle) in &self.workers {
+            token.cancel();
+            handle.abort();
+        }
+        let db_name = self.db_name.clone();
+        let queue = self.queue.clone();
+        // Cleanup runs on a runtime of its own: Drop cannot await, and the test's runtime may
+        // be shutting down.
+        let cleaned = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime")
+                .block_on(async move {
+                    if let Ok(admin) = db::connect(&server_url("postgres")).await {
+                        let _ = admin
+                            .batch_execute(&format!(
+                                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                    if let Ok(connection) = broker::connect(
+                        &amqp_url(),
+                        "test cleanup",
+                        Duration::from_secs(1),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    {
+                        if let Ok(channel) = connection.create_channel().await {
+                            let _ = broker::delete(&channel, &queue).await;
+                        }
+                        let _ = connection.close(200, "bye".into()).await;
+                    }
+                })
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("cleanup of {} failed", self.db_name);
+        }
+    }
+}

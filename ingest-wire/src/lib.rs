@@ -1,0 +1,23 @@
+//! The wire contract of the ingest API: what `GET /batches/{id}`, `GET /batches`, `/readyz` and
+//! every error answer look like, and the header names — one definition that the coordinator
+//! serialises, the CLI and the tests deserialise, and the OpenAPI description will be generated
+//! from. Like meilisearch keeps `meilisearch-types` apart from its scheduler, this crate holds no
+//! logic and depends on serde and chrono only, so a client needs nothing else.
+
+mod error;
+mod ids;
+mod state;
+mod status;
+
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use ids::{BatchId, IdempotencyKey, InvalidKey, LineNumber};
+pub use state::{BatchState, UnknownState};
+pub use status::{BatchPage, BatchStatus, ChunkCounts, Outage, Readiness, RowError};
+
+/// Header names of the API.
+pub mod headers {
+    /// Makes a retried submit safe: a key a batch holds returns that batch.
+    pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// The id of a request, on every answer (and in an error body's `request_id`).
+    pub const REQUEST_ID: &str = "x-request-id";
+}

@@ -1,0 +1,183 @@
+//! What a batch looks like from outside: `GET /batches/{id}`, the pages of `GET /batches`, and
+//! readiness.
+
+use crate::{BatchId, BatchState, LineNumber};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A batch's progress, as `GET /batches/{id}` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchStatus {
+    /// The batch id.
+    pub id: BatchId,
+    /// Where the batch is.
+    pub state: BatchState,
+    /// Where to poll this status.
+    pub status_url: String,
+    /// Rows in the file, once the upload is complete.
+    pub rows_total: Option<u64>,
+    /// Rows staged by workers so far (all rows once committed).
+    pub rows_loaded: u64,
+    /// Chunks by state.
+    pub chunks: ChunkCounts,
+    /// Deliveries of a chunk to a worker beyond the first, over all chunks.
+    pub retries: u64,
+    /// Why the batch failed or was cancelled.
+    pub error: Option<String>,
+    /// Input errors found.
+    pub error_count: u64,
+    /// The first input errors, by line.
+    pub errors: Vec<RowError>,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// SHA-256 of the body as received, hex.
+    pub content_sha256: Option<String>,
+    /// Earlier batches with byte-identical content.
+    pub duplicate_of: Vec<BatchId>,
+    /// When the submit began.
+    pub created_at: DateTime<Utc>,
+    /// When the first chunk was published.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the upload was complete.
+    pub received_at: Option<DateTime<Utc>>,
+    /// When the batch became final.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Seconds the commit took (index and attach).
+    pub commit_seconds: Option<f64>,
+    /// Rows loaded per second since the start.
+    pub rows_per_second: Option<f64>,
+    /// Seconds left at the current rate, while the batch is open.
+    pub eta_seconds: Option<f64>,
+    /// The last outage a step of the batch rode through (a worker loading it, or the commit,
+    /// tries again meanwhile).
+    pub outage: Option<Outage>,
+}
+
+impl BatchStatus {
+    /// A batch in a final state never changes again.
+    pub fn is_final(&self) -> bool {
+        self.state.is_final()
+    }
+}
+
+/// Chunk counts by state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkCounts {
+    /// Chunks cut so far (all of them once the batch is `loading`).
+    pub total: u64,
+    /// Recorded, waiting for RabbitMQ's confirm.
+    pub pending: u64,
+    /// Durably queued on RabbitMQ.
+    pub queued: u64,
+    /// Held by a worker.
+    pub loading: u64,
+    /// Rows staged.
+    pub loaded: u64,
+    /// Last attempt refused (or attempts spent: `dead`).
+    pub failed: u64,
+}
+
+/// An outage a batch's step met: it is tried again, and the batch does not fail for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outage {
+    /// The step (`load`, `commit`).
+    pub step: String,
+    /// Which attempt of the step met it (from 1).
+    pub attempt: u32,
+    /// What went wrong.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// One problem with a submitted file, as shown to the person who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowError {
+    /// The line in the file, as an editor shows it (the header is line 1).
+    pub line: LineNumber,
+    /// The column's name (or `column N` when the header did not name it); `None` for the line.
+    pub column: Option<String>,
+    /// The offending value, shortened.
+    pub value: Option<String>,
+    /// What is wrong, in words a person can act on.
+    pub message: String,
+}
+
+impl RowError {
+    /// An error about a whole line.
+    pub fn line(line: u64, message: impl Into<String>) -> RowError {
+        RowError {
+            line: LineNumber(line),
+            column: None,
+            value: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for RowError {
+    /// `line L, column C: message (value "V")`, leaving out what is not known.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}", self.line)?;
+        if let Some(column) = &self.column {
+            write!(f, ", column {column}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(value) = &self.value {
+            // Debug quotes the value and escapes control characters a terminal would act on.
+            write!(f, " (value {value:?})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A page of `GET /batches`, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchPage {
+    /// The batches.
+    pub batches: Vec<BatchStatus>,
+    /// The URL of the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// What `GET /readyz` says: each dependency, ready or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readiness {
+    /// PostgreSQL answers.
+    pub postgres: bool,
+    /// The RabbitMQ connection is open.
+    pub rabbitmq: bool,
+    /// The spool takes files.
+    pub spool: bool,
+}
+
+impl Readiness {
+    /// Every dependency is there.
+    pub fn is_ready(&self) -> bool {
+        self.postgres && self.rabbitmq && self.spool
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_error_reads_as_a_sentence() {
+        let error = RowError {
+            line: LineNumber(3),
+            column: Some("dest_code".into()),
+            value: Some("XX\u{1b}".into()),
+            message: "unknown port code".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "line 3, column dest_code: unknown port code (value \"XX\\u{1b}\")"
+        );
+        assert_eq!(
+            RowError::line(1, "empty file").to_string(),
+            "line 1: empty file"
+        );
+    }
+}

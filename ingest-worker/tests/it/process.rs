@@ -1,0 +1,87 @@
+//! The `ingest-worker` process as an operator meets it, against a real coordinator: when the
+//! broker closes its connection (as a broker restart does) it comes back by itself and loads
+//! again; when the broker cancels its consumer for good (its queue deleted) it exits non-zero
+//! with one line, so its supervisor starts a fresh one instead of keeping a worker that does
+//! nothing.
+
+use ingest_testkit::process::start_worker;
+use ingest_testkit::{Options, TestEnv};
+use ingest_wire::BatchState;
+use std::process::Command;
+use std::time::Duration;
+
+const EXE: &str = env!("CARGO_BIN_EXE_ingest-worker");
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// The broker's process id for the connection named `name`, if it has one.
+fn connection_pid(name: &str) -> Option<String> {
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl list_connections");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find(|line| line.contains(name))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_comes_back_and_a_cancelled_consumer_ends_the_worker() {
+    let env = TestEnv::start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let name = format!("proc-{}", env.queue);
+    let mut worker = start_worker(EXE, &env, &name);
+    env.wait_until("the worker to consume", WITHIN, || async {
+        env.consumers().await == 1
+    })
+    .await;
+
+    // The broker closes the worker's connection: it reconnects and consumes again.
+    let first = connection_pid(&name).expect("the worker's connection");
+    let closed = Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "close_connection",
+            &first,
+            "test: closed by the broker",
+        ])
+        .status()
+        .unwrap();
+    assert!(closed.success());
+    env.wait_until("a new connection of the worker", WITHIN, || async {
+        connection_pid(&name).is_some_and(|pid| pid != first)
+    })
+    .await;
+    env.wait_until("the worker to consume again", WITHIN, || async {
+        env.consumers().await == 1
+    })
+    .await;
+    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
+    let (code, accepted) = env.submit(file).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let status = env.wait_final(accepted.id(), WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(env.prices_count().await, 56_689);
+    assert!(worker.is_running());
+
+    // The queue is deleted under it: the broker cancels its consumer, for good.
+    let connection = ingest_testkit::amqp_connection("deleter").await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(env.queue.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    let exit = worker.wait(WITHIN);
+    assert!(!exit.success(), "{exit}");
+    let logs = worker.logs();
+    let last = logs.lines().last().unwrap_or_default();
+    assert_eq!(
+        last, "ingest-worker: RabbitMQ cancelled this worker's consumer (was the queue deleted?)",
+        "{logs}"
+    );
+}
