@@ -254,6 +254,27 @@ pub async fn record_outage(
     Ok(())
 }
 
+/// [`record_outage`] if PostgreSQL takes it now: false when it does not (PostgreSQL may be the
+/// outage), for the caller to note it again later. `step` is `load` or `commit`.
+pub async fn note_outage(
+    pool: &deadpool_postgres::Pool,
+    batch_id: BatchId,
+    step: &str,
+    attempt: u32,
+    fault: &crate::fault::Fault,
+) -> bool {
+    let noted = match pool.get().await {
+        Ok(client) => record_outage(&client, batch_id, step, attempt, &fault.to_string())
+            .await
+            .map_err(crate::fault::Fault::from),
+        Err(error) => Err(crate::fault::Fault::from(error)),
+    };
+    if let Err(error) = &noted {
+        tracing::debug!(%batch_id, %error, "cannot note the outage in the batch's status yet");
+    }
+    noted.is_ok()
+}
+
 /// The advisory lock that makes one coordinator at a time commit a batch (its two-key space is
 /// apart from the single-key migration lock). Batch ids are folded into 32 bits: two batches 2³²
 /// apart would only wait for each other.

@@ -18,7 +18,6 @@ use crate::load::{self, Outcome};
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
-use ingest_core::batch::BatchId;
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
@@ -144,23 +143,6 @@ struct Chunk {
 }
 
 impl Chunk {
-    /// Puts the outage in the batch's status; false when PostgreSQL does not take it (it may be
-    /// the outage).
-    async fn note_outage(&self, batch_id: BatchId, attempt: u32, fault: &Fault) -> bool {
-        let noted = async {
-            let client = self.pool.get().await?;
-            ledger::record_outage(&client, batch_id, "load", attempt, &fault.to_string()).await?;
-            Ok::<(), Fault>(())
-        };
-        match noted.await {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::debug!(%batch_id, %error, "cannot note the outage in the batch's status yet");
-                false
-            }
-        }
-    }
-
     /// Loads one delivery, riding through PostgreSQL outages with the delivery in hand, and
     /// settles it with RabbitMQ.
     async fn handle(self, delivery: Delivery) {
@@ -197,8 +179,8 @@ impl Chunk {
             };
             let pause = pauses.next().unwrap_or(self.patience.max_pause);
             tracing::warn!(%batch_id, %seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
-            unnoted =
-                (!self.note_outage(batch_id, attempt, &fault).await).then_some((attempt, fault));
+            unnoted = (!ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await)
+                .then_some((attempt, fault));
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     // Unacknowledged: RabbitMQ delivers it again once this channel closes.
@@ -210,7 +192,7 @@ impl Chunk {
             attempt += 1;
         };
         if let Some((attempt, fault)) = unnoted {
-            self.note_outage(batch_id, attempt, &fault).await;
+            ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await;
         }
         match &outcome {
             Outcome::Loaded => tracing::debug!(%batch_id, %seq, "chunk loaded"),

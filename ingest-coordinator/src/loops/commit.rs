@@ -42,7 +42,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
                 continue;
             }
             if let Some((attempt, fault)) = unnoted.remove(&batch_id) {
-                if !note_outage(&app, batch_id, attempt, &fault).await {
+                if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
                     unnoted.insert(batch_id, (attempt, fault));
                 }
             }
@@ -51,7 +51,7 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
                 Err(fault) => {
                     let attempt = retries.failed(batch_id);
                     tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
-                    if !note_outage(&app, batch_id, attempt, &fault).await {
+                    if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
                         unnoted.insert(batch_id, (attempt, fault));
                     }
                 }
@@ -64,21 +64,4 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
 async fn ready_batches(app: &AppState) -> Result<Vec<BatchId>, Fault> {
     let client = app.pool.get().await?;
     Ok(ledger::batches_to_commit(&client).await?)
-}
-
-/// Puts the outage in the batch's status; false when PostgreSQL does not take it (it may be the
-/// outage), to be tried again before the next attempt.
-async fn note_outage(app: &AppState, batch_id: BatchId, attempt: u32, fault: &Fault) -> bool {
-    let noted = async {
-        let client = app.pool.get().await?;
-        ledger::record_outage(&client, batch_id, "commit", attempt, &fault.to_string()).await?;
-        Ok::<(), Fault>(())
-    };
-    match noted.await {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::debug!(%batch_id, %error, "cannot note the outage in the batch's status yet");
-            false
-        }
-    }
 }
