@@ -16,8 +16,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== compose file"
 scripts/lint-compose.sh
 echo "== tests"
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-else
-  cargo test --workspace --locked --no-fail-fast
+# nextest runs every test in a process of its own: the tests that read a process's metrics or
+# stop a shared service rely on it.
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
 fi
+cargo nextest run --workspace --locked --no-fail-fast

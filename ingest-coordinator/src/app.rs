@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::http::api_error::ApiError;
-use crate::http::{auth, batches, health, request_id, unread_body};
+use crate::http::{auth, batches, health, metrics, request_id, unread_body};
 use crate::loops;
 use crate::pipeline::receiving::Receiving;
 use crate::pipeline::spool::Spool;
@@ -71,6 +71,7 @@ impl Running {
 /// Migrates, connects, recovers what a previous run left open, and starts serving.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.check()?;
+    ingest_core::metrics::recorder();
     let mut client = db::connect(&config.database_url).await?;
     schema::migrate(&mut client).await?;
     drop(client);
@@ -184,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -358,16 +358,18 @@ pub async fn start_commit(
 }
 
 /// `committing → committed`, in the transaction that attached the batch's partition, so the rows
-/// and the state become visible together. False when the batch is no longer committing.
+/// and the state become visible together. Returns the batch's rows, or `None` when the batch is no
+/// longer committing.
 pub async fn finish_commit(
     tx: &Transaction<'_>,
     batch_id: BatchId,
     took: Duration,
-) -> Result<bool, tokio_postgres::Error> {
-    let updated = tx
-        .execute(
+) -> Result<Option<u64>, tokio_postgres::Error> {
+    let row = tx
+        .query_opt(
             "UPDATE batches SET state = $2, finished_at = now(), commit_seconds = $3
-             WHERE id = $1 AND state = $4",
+             WHERE id = $1 AND state = $4
+             RETURNING coalesce(rows_total, 0)",
             &[
                 &batch_id.get(),
                 &BatchState::Committed.as_str(),
@@ -376,7 +378,19 @@ pub async fn finish_commit(
             ],
         )
         .await?;
-    Ok(updated == 1)
+    Ok(row.map(|row| from_i64(row.get(0))))
+}
+
+/// How many batches are in each state (states with none are left out).
+pub async fn batches_by_state(
+    client: &Client,
+) -> Result<Vec<(BatchState, u64)>, tokio_postgres::Error> {
+    let rows = client
+        .query("SELECT state, count(*) FROM batches GROUP BY state", &[])
+        .await?;
+    rows.iter()
+        .map(|row| Ok((batch_state_at(row, 0)?, from_i64(row.get(1)))))
+        .collect()
 }
 
 /// A batch's current state (`None` for an unknown batch).
@@ -585,11 +599,49 @@ pub async fn fail_chunk(
     Ok(())
 }
 
+/// Why a chunk is handed out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RedriveReason {
+    /// PostgreSQL refused its last attempt (`failed`).
+    Refused,
+    /// Its worker vanished: the lease expired (`loading`).
+    LeaseExpired,
+    /// RabbitMQ never confirmed its message (`pending`).
+    Unconfirmed,
+    /// Queued with no claim while the queue holds nothing ready: its message was dead-lettered or
+    /// lost (`queued`).
+    Stranded,
+}
+
+impl RedriveReason {
+    /// The reason as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedriveReason::Refused => "refused",
+            RedriveReason::LeaseExpired => "lease_expired",
+            RedriveReason::Unconfirmed => "unconfirmed",
+            RedriveReason::Stranded => "stranded",
+        }
+    }
+
+    /// Why a chunk found in `state` is handed out again.
+    fn of(state: ChunkState) -> RedriveReason {
+        match state {
+            ChunkState::Failed => RedriveReason::Refused,
+            ChunkState::Loading => RedriveReason::LeaseExpired,
+            ChunkState::Pending => RedriveReason::Unconfirmed,
+            _ => RedriveReason::Stranded,
+        }
+    }
+}
+
 /// A chunk that must be handed out again, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Redrive {
     /// The chunk as it was cut.
     pub chunk: ChunkRecord,
+    /// Why.
+    pub reason: RedriveReason,
     /// Attempts so far (every claim by a worker).
     pub attempts: u32,
     /// Attempts whose rows PostgreSQL refused.
@@ -616,7 +668,7 @@ pub async fn chunks_to_redrive(
     let rows = client
         .query(
             "SELECT c.batch_id, c.seq, c.rows, c.attempts, c.failures, c.last_error,
-                    c.first_line, c.last_line
+                    c.first_line, c.last_line, c.state
              FROM chunks c JOIN batches b ON b.id = c.batch_id
              WHERE b.state = ANY($1)
                AND (c.state = $2
@@ -633,21 +685,23 @@ pub async fn chunks_to_redrive(
             ],
         )
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Redrive {
-            chunk: ChunkRecord {
-                batch_id: BatchId(row.get(0)),
-                seq: ChunkSeq(row.get(1)),
-                rows: from_i32(row.get(2)),
-                first_line: LineNumber(from_i64(row.get(6))),
-                last_line: LineNumber(from_i64(row.get(7))),
-            },
-            attempts: from_i32(row.get(3)),
-            failures: from_i32(row.get(4)),
-            last_error: row.get(5),
+    rows.iter()
+        .map(|row| {
+            Ok(Redrive {
+                chunk: ChunkRecord {
+                    batch_id: BatchId(row.get(0)),
+                    seq: ChunkSeq(row.get(1)),
+                    rows: from_i32(row.get(2)),
+                    first_line: LineNumber(from_i64(row.get(6))),
+                    last_line: LineNumber(from_i64(row.get(7))),
+                },
+                reason: RedriveReason::of(row.try_get::<_, Stored<ChunkState>>(8)?.0),
+                attempts: from_i32(row.get(3)),
+                failures: from_i32(row.get(4)),
+                last_error: row.get(5),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// `failed | loading | pending | queued → pending`, right before the coordinator publishes the

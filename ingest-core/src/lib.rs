@@ -16,6 +16,7 @@ pub mod chunk;
 pub mod db;
 pub mod fault;
 pub mod ledger;
+pub mod metrics;
 pub mod outage;
 pub mod process;
 pub mod schema;

@@ -216,6 +216,7 @@ impl TestEnv {
             config.queue = self.queue.clone();
             config.concurrency = 2;
             config.backoff_max_ms = 200;
+            config.listen = "127.0.0.1:0".parse().unwrap();
             config.name = Some(format!("test-worker-{}", self.workers.len()));
             let token = CancellationToken::new();
             let handle = tokio::spawn(ingest_worker::run(config, token.clone()));
@@ -338,6 +339,12 @@ impl TestEnv {
             .expect("GET request");
         let code = response.status().as_u16();
         (code, response.json::<Value>().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET` a path of the API as text (`/metrics`).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let addr = self.base.trim_start_matches("http://").to_string();
+        fetch_text(&self.http, &addr, path).await
     }
 
     /// `GET /batches/{id}`, which must answer 200 with a batch status.
@@ -481,5 +488,28 @@ impl Drop for TestEnv {
         if cleaned.is_err() {
             eprintln!("cleanup of {} failed", self.db_name);
         }
+    }
+}
+
+/// The value of one series in Prometheus text (`name` or `name{label="value",…}` exactly as
+/// the exporter writes it), if the text has it.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+}
+
+/// `GET http://{addr}{path}` on any listener; the status code and the body as text (code 0 and
+/// the error when nothing answered, as while a process starts).
+pub async fn fetch_text(http: &reqwest::Client, addr: &str, path: &str) -> (u16, String) {
+    match http.get(format!("http://{addr}{path}")).send().await {
+        Ok(response) => {
+            let code = response.status().as_u16();
+            (code, response.text().await.unwrap_or_default())
+        }
+        Err(error) => (0, format!("GET {addr}{path}: {error}")),
     }
 }

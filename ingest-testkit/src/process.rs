@@ -61,14 +61,16 @@ impl Drop for Spawned {
 }
 
 /// The `ingest-worker` binary (pass `env!("CARGO_BIN_EXE_ingest-worker")`) on `env`'s database
-/// and queue, named `name` (its RabbitMQ connection is `ingest-worker <name>`).
-pub fn start_worker(exe: &str, env: &TestEnv, name: &str) -> Spawned {
+/// and queue, named `name` (its RabbitMQ connection is `ingest-worker <name>`), its metrics and
+/// health on `listen` (`127.0.0.1:0` when it does not matter).
+pub fn start_worker(exe: &str, env: &TestEnv, name: &str, listen: &str) -> Spawned {
     let mut command = Command::new(exe);
     command
         .env("DATABASE_URL", &env.database_url)
         .env("AMQP_URL", super::amqp_url())
         .env("INGEST_QUEUE", &env.queue)
         .env("INGEST_WORKER_NAME", name)
+        .env("INGEST_WORKER_LISTEN", listen)
         .env("INGEST_BACKOFF_MAX_MS", "200")
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

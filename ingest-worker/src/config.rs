@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use ingest_core::{broker, db};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Everything a worker needs to know.
@@ -49,6 +50,10 @@ pub struct Config {
     /// from outages of any length by itself).
     #[arg(long, env = "INGEST_CONNECT_SECONDS", default_value_t = 120)]
     pub connect_seconds: u64,
+
+    /// Address of the worker's metrics and health listener (port 0 picks a free port).
+    #[arg(long, env = "INGEST_WORKER_LISTEN", default_value = "127.0.0.1:9091")]
+    pub listen: SocketAddr,
 
     /// This worker's name in the ledger and logs (default: host and process id).
     #[arg(long, env = "INGEST_WORKER_NAME")]

@@ -14,13 +14,16 @@
 //!   a fresh one.
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::load::{self, Outcome};
+use anyhow::Context;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
+use ingest_core::metrics as m;
 use ingest_core::outage::Patience;
 use ingest_core::{broker, db};
 use lapin::message::Delivery;
@@ -28,8 +31,9 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
 };
 use lapin::types::FieldTable;
+use std::future::IntoFuture;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -40,15 +44,21 @@ const LOST_GRACE: Duration = Duration::from_secs(5);
 /// Runs the worker until `shutdown`. Err when it had to stop by itself (RabbitMQ lost for good).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check()?;
+    ingest_core::metrics::recorder();
     let worker = config.worker_name();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let pool = db::pool(&config.database_url, config.concurrency + 1)?;
-    let amqp = broker::connect(
-        &config.amqp_url,
-        &format!("ingest-worker {worker}"),
-        config.max_pause(),
-        Duration::from_secs(config.connect_seconds),
-    )
-    .await?;
+    let amqp = Arc::new(
+        broker::connect(
+            &config.amqp_url,
+            &format!("ingest-worker {worker}"),
+            config.max_pause(),
+            Duration::from_secs(config.connect_seconds),
+        )
+        .await?,
+    );
     let channel = amqp.create_channel().await?;
     broker::declare(&channel, &config.queue).await?;
     channel
@@ -62,7 +72,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(%worker, queue = %config.queue, concurrency = config.concurrency, "worker consuming");
+    let health = Health::new(amqp.clone(), channel.clone(), pool.clone());
+    health.set_consuming(true);
+    let listening = listener.local_addr()?;
+    let stop_listening = CancellationToken::new();
+    let served = tokio::spawn(
+        axum::serve(listener, health.clone().router())
+            .with_graceful_shutdown(stop_listening.clone().cancelled_owned())
+            .into_future(),
+    );
+    tracing::info!(%worker, queue = %config.queue, concurrency = config.concurrency, %listening, "worker consuming");
 
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut in_hand = JoinSet::new();
@@ -107,6 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         });
     }
 
+    health.set_consuming(false);
     tracing::info!(%worker, in_hand = in_hand.len(), "worker draining");
     let _ = channel
         .basic_cancel(worker.as_str().into(), BasicCancelOptions::default())
@@ -121,6 +141,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = amqp.close(200, "worker stopping".into()).await;
+    stop_listening.cancel();
+    served.await.context("the health listener panicked")??;
     match fatal {
         Some(reason) => {
             tracing::error!(%worker, %reason, "worker stopped: RabbitMQ cannot come back by itself");
@@ -130,6 +152,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             tracing::info!(%worker, "worker stopped");
             Ok(())
         }
+    }
+}
+
+/// A chunk in this worker's hands, counted in the gauge for as long as it lives.
+struct InHand;
+
+impl InHand {
+    fn count() -> InHand {
+        metrics::gauge!(m::CHUNKS_IN_HAND).increment(1.0);
+        InHand
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        metrics::gauge!(m::CHUNKS_IN_HAND).decrement(1.0);
     }
 }
 
@@ -160,11 +198,13 @@ impl Chunk {
         };
         let (batch_id, seq) = (message.batch_id, message.seq);
         let payload = Bytes::from(delivery.data);
+        let _in_hand = InHand::count();
         let mut pauses = self.patience.pauses();
         let mut attempt = 1u32;
         // The last outage, until it is in the batch's status (not while PostgreSQL is the outage).
         let mut unnoted: Option<(u32, Fault)> = None;
         let outcome = loop {
+            let started = Instant::now();
             let loaded = load::load(
                 &self.pool,
                 message,
@@ -174,9 +214,14 @@ impl Chunk {
             )
             .await;
             let fault = match loaded {
-                Ok(outcome) => break outcome,
+                Ok(outcome) => {
+                    metrics::histogram!(m::CHUNK_LOAD_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    break outcome;
+                }
                 Err(fault) => fault,
             };
+            metrics::counter!(m::CHUNK_RETRIES, "reason" => "outage").increment(1);
             let pause = pauses.next().unwrap_or(self.patience.max_pause);
             tracing::warn!(%batch_id, %seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
             unnoted = (!ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await)
@@ -193,6 +238,16 @@ impl Chunk {
         };
         if let Some((attempt, fault)) = unnoted {
             ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await;
+        }
+        let label = match &outcome {
+            Outcome::Loaded => "loaded",
+            Outcome::AlreadyLoaded => "already_loaded",
+            Outcome::Closed => "closed",
+            Outcome::Refused(_) => "refused",
+        };
+        metrics::counter!(m::CHUNK_DELIVERIES, "outcome" => label).increment(1);
+        if outcome == Outcome::Loaded {
+            metrics::counter!(m::ROWS_LOADED).increment(u64::from(message.rows));
         }
         match &outcome {
             Outcome::Loaded => tracing::debug!(%batch_id, %seq, "chunk loaded"),

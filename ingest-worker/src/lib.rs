@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod consume;
+pub mod health;
 pub mod load;
 
 pub use config::Config;

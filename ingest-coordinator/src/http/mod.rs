@@ -6,5 +6,6 @@ pub mod api_error;
 pub mod auth;
 pub mod batches;
 pub mod health;
+pub mod metrics;
 pub mod request_id;
 pub mod unread_body;

@@ -17,6 +17,7 @@ use ingest_core::broker;
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending, Redrive};
+use ingest_core::metrics as m;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -82,10 +83,12 @@ pub async fn redrive(app: &AppState, after: Duration) -> Result<usize, Fault> {
         // An outage here leaves the chunk `pending`: the next passes publish it again.
         confirmed(publisher.send(message, &payload).await?).await?;
         ledger::mark_queued(&client, chunk.batch_id, chunk.seq).await?;
+        metrics::counter!(m::CHUNK_RETRIES, "reason" => redrive.reason.as_str()).increment(1);
         tracing::info!(
             batch_id = %chunk.batch_id,
             seq = %chunk.seq,
             attempts = redrive.attempts,
+            reason = redrive.reason.as_str(),
             "chunk handed out again"
         );
         redriven += 1;
@@ -119,6 +122,7 @@ async fn bury(app: &AppState, redrive: &Redrive) -> Result<(), Fault> {
         ledger::bury_chunk(&mut client, chunk.batch_id, chunk.seq, &reason).await?
     };
     if buried {
+        metrics::counter!(m::CHUNKS_DEAD).increment(1);
         app.batch_is_final(chunk.batch_id).await;
         tracing::warn!(batch_id = %chunk.batch_id, %reason, "poison chunk; batch failed");
     }

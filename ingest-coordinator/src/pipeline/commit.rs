@@ -24,6 +24,7 @@ use crate::state::AppState;
 use ingest_core::batch::{BatchId, BatchState};
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending};
+use ingest_core::metrics as m;
 use ingest_core::schema;
 use std::time::Instant;
 use tokio_postgres::Client;
@@ -70,33 +71,47 @@ pub async fn commit_batch(app: &AppState, batch_id: BatchId) -> Result<Committed
         drop(client);
     }
     match result {
-        Ok(Committed::Visible) => {
+        Ok(Visible(rows)) => {
             app.batch_is_final(batch_id).await;
-            tracing::info!(
-                %batch_id,
-                seconds = started.elapsed().as_secs_f64(),
-                "batch committed"
-            );
+            let took = started.elapsed();
+            metrics::counter!(m::COMMITS, "outcome" => "committed").increment(1);
+            metrics::counter!(m::ROWS_COMMITTED).increment(rows);
+            metrics::histogram!(m::COMMIT_SECONDS).record(took.as_secs_f64());
+            tracing::info!(%batch_id, rows, seconds = took.as_secs_f64(), "batch committed");
             Ok(Committed::Visible)
         }
+        Ok(Other(committed)) => Ok(committed),
         Err(Fault::Refused(reason)) => {
             tracing::warn!(%batch_id, %reason, "commit refused");
+            metrics::counter!(m::COMMITS, "outcome" => "refused").increment(1);
             app.end_batch(batch_id, &Ending::failed(reason)).await?;
             Ok(Committed::Refused)
         }
-        other => other,
+        Err(outage) => {
+            metrics::counter!(m::COMMITS, "outcome" => "outage").increment(1);
+            Err(outage)
+        }
     }
 }
+
+/// What steps 3 and 4 did.
+enum Locked {
+    /// The batch is visible, with this many rows.
+    Visible(u64),
+    /// Nothing to do (someone else moved the batch on).
+    Other(Committed),
+}
+use Locked::{Other, Visible};
 
 /// Steps 3 and 4, under the commit lock.
 async fn commit_locked(
     client: &mut Client,
     batch_id: BatchId,
     started: Instant,
-) -> Result<Committed, Fault> {
+) -> Result<Locked, Fault> {
     // Under the lock, look again: another coordinator may have finished it meanwhile.
     if ledger::batch_state(client, batch_id).await? != Some(BatchState::Committing) {
-        return Ok(Committed::Skipped);
+        return Ok(Other(Committed::Skipped));
     }
     client
         .batch_execute(&schema::index_staging_sql(batch_id))
@@ -104,18 +119,18 @@ async fn commit_locked(
         .map_err(|error| step_fault("building the batch's index", &error))?;
     let tx = client.transaction().await?;
     if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
-        return Ok(Committed::Skipped);
+        return Ok(Other(Committed::Skipped));
     }
     tx.batch_execute(&schema::attach_sql(batch_id))
         .await
         .map_err(|error| step_fault("attaching the batch to prices", &error))?;
-    if !ledger::finish_commit(&tx, batch_id, started.elapsed()).await? {
-        return Ok(Committed::Skipped);
-    }
+    let Some(rows) = ledger::finish_commit(&tx, batch_id, started.elapsed()).await? else {
+        return Ok(Other(Committed::Skipped));
+    };
     tx.commit()
         .await
         .map_err(|error| step_fault("committing the attach", &error))?;
-    Ok(Committed::Visible)
+    Ok(Visible(rows))
 }
 
 /// A failed commit step, by kind, with the step named.

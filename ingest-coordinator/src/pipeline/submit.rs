@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 use ingest_core::batch::{BatchId, BatchState};
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, Ending, NewBatch, Received as ReceivedFile};
+use ingest_core::metrics as m;
 use ingest_core::outage::ride_through;
 use ingest_wire::{BatchStatus, IdempotencyKey};
 use std::io;
@@ -144,6 +145,9 @@ async fn receive(
             let _ = frames_tx.send(frame).await;
             break;
         }
+        if let Ok(bytes) = &frame {
+            metrics::counter!(m::BYTES_RECEIVED).increment(bytes.len() as u64);
+        }
         // A closed channel means split stopped reading (a fatal error, the error limit, or
         // publish gave up); the rest of the body is read and dropped before the answer goes out
         // (`http::unread_body`).
@@ -228,6 +232,7 @@ async fn conclude(
     if !loading {
         return Ok(Received::Cancelled(status));
     }
+    metrics::counter!(m::ROWS_RECEIVED).increment(report.rows);
     tracing::info!(
         %batch_id,
         rows = report.rows,

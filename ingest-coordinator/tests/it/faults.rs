@@ -208,11 +208,10 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         tx.batch_execute(&schema::attach_sql(after_attach))
             .await
             .unwrap();
-        assert!(
-            ledger::finish_commit(&tx, after_attach, Duration::from_millis(100))
-                .await
-                .unwrap()
-        );
+        let rows = ledger::finish_commit(&tx, after_attach, Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(rows, Some(ROWS));
         tx.commit().await.unwrap();
     }
     assert!(env

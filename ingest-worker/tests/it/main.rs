@@ -1,4 +1,5 @@
 //! The worker's integration tests: the real `ingest-worker` binary against a real coordinator
 //! (from `ingest-testkit`).
 
+mod metrics;
 mod process;

@@ -34,7 +34,7 @@ async fn a_closed_connection_comes_back_and_a_cancelled_consumer_ends_the_worker
     })
     .await;
     let name = format!("proc-{}", env.queue);
-    let mut worker = start_worker(EXE, &env, &name);
+    let mut worker = start_worker(EXE, &env, &name, "127.0.0.1:0");
     env.wait_until("the worker to consume", WITHIN, || async {
         env.consumers().await == 1
     })
