@@ -22,3 +22,5 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 cargo nextest run --workspace --locked --no-fail-fast
+echo "== API contract (schemathesis against a running coordinator)"
+scripts/api-contract.sh

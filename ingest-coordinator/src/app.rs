@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::http::api_error::ApiError;
-use crate::http::{auth, batches, health, metrics, request_id, unread_body};
+use crate::http::{auth, batches, health, metrics, openapi, request_id, unread_body};
 use crate::loops;
 use crate::pipeline::receiving::Receiving;
 use crate::pipeline::spool::Spool;
@@ -186,6 +186,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
+        .route("/openapi.json", get(openapi::openapi_json))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

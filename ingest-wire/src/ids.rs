@@ -5,6 +5,7 @@ use std::fmt;
 
 /// A batch's id (PostgreSQL's `bigserial`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct BatchId(pub i64);
 
@@ -23,6 +24,7 @@ impl fmt::Display for BatchId {
 
 /// A line of the submitted file as an editor shows it: the header is line 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct LineNumber(pub u64);
 
@@ -41,6 +43,7 @@ impl fmt::Display for LineNumber {
 
 /// The value of an `Idempotency-Key` header: 1 to 200 visible ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(try_from = "String", into = "String")]
 pub struct IdempotencyKey(String);
 

@@ -13,6 +13,7 @@ use std::str::FromStr;
 
 /// Where a batch is in its life. Stored as text in `batches.state`, shown as text in the API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BatchState {
     /// The upload is streaming in; chunks are published as they are cut.

@@ -8,6 +8,7 @@ use std::fmt;
 
 /// A batch's progress, as `GET /batches/{id}` returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
     /// The batch id.
     pub id: BatchId,
@@ -63,6 +64,7 @@ impl BatchStatus {
 
 /// Chunk counts by state.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChunkCounts {
     /// Chunks cut so far (all of them once the batch is `loading`).
     pub total: u64,
@@ -80,6 +82,7 @@ pub struct ChunkCounts {
 
 /// An outage a batch's step met: it is tried again, and the batch does not fail for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Outage {
     /// The step (`load`, `commit`).
     pub step: String,
@@ -93,6 +96,7 @@ pub struct Outage {
 
 /// One problem with a submitted file, as shown to the person who sent it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowError {
     /// The line in the file, as an editor shows it (the header is line 1).
     pub line: LineNumber,
@@ -134,6 +138,7 @@ impl fmt::Display for RowError {
 
 /// A page of `GET /batches`, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchPage {
     /// The batches.
     pub batches: Vec<BatchStatus>,
@@ -143,6 +148,7 @@ pub struct BatchPage {
 
 /// What `GET /readyz` says: each dependency, ready or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     /// PostgreSQL answers.
     pub postgres: bool,

@@ -15,12 +15,40 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ingest_core::batch::BatchId;
 use ingest_core::ledger::{Ending, NewBatch};
-use ingest_wire::{headers, BatchPage, BatchStatus, ErrorCode, IdempotencyKey};
-use serde::Deserialize;
+use ingest_wire::{headers, BatchPage, BatchStatus, ErrorBody, ErrorCode, IdempotencyKey};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 /// `POST /batches`: 202 with the batch's status once the whole file is in and every chunk is
 /// queued; 422, 413 or 400 with the failed batch's status; 409 if it was cancelled meanwhile;
 /// 200 with the earlier batch for a repeated Idempotency-Key; 503 when a dependency stayed away.
+#[utoipa::path(
+    post,
+    path = "/batches",
+    tag = "batches",
+    summary = "Submit a rates file",
+    description = "Streams a CSV file (`orig_code,dest_code,day,price`, header on line 1), checks \
+        every line, and answers once the whole file is in and every chunk is queued.",
+    request_body(content = String, content_type = "text/csv",
+        description = "The rates file; `Content-Encoding: gzip` for a compressed one."),
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "1 to 200 visible ASCII characters: a key a batch holds returns that batch"),
+        ("Content-Encoding" = Option<String>, Header, description = "`gzip` or `identity`"),
+    ),
+    responses(
+        (status = 202, description = "Received whole; workers load it", body = BatchStatus),
+        (status = 200, description = "The batch that holds this Idempotency-Key", body = BatchStatus),
+        (status = 400, description = "The upload broke off (the batch failed), or a bad header", body = BatchOrError),
+        (status = 401, description = "No token, or not the right one", body = ErrorBody),
+        (status = 409, description = "Cancelled while it came in", body = BatchStatus),
+        (status = 413, description = "Larger than the body limit (the batch failed)", body = BatchStatus),
+        (status = 415, description = "Not text/csv, or an encoding other than gzip", body = ErrorBody),
+        (status = 422, description = "Lines that are not valid prices (the batch failed)", body = BatchStatus),
+        (status = 503, description = "PostgreSQL, RabbitMQ or the spool stayed away", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn submit(
     State(app): State<AppState>,
     request_headers: HeaderMap,
@@ -51,6 +79,19 @@ pub async fn submit(
 }
 
 /// `GET /batches/{id}`.
+#[utoipa::path(
+    get,
+    path = "/batches/{id}",
+    tag = "batches",
+    summary = "A batch's status",
+    params(("id" = i64, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "The batch's status", body = BatchStatus),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is away", body = ErrorBody),
+    ),
+)]
 pub async fn get_batch(
     State(app): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
@@ -64,9 +105,11 @@ pub async fn get_batch(
 }
 
 /// Query parameters of `GET /batches`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size (1 to 100, default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
     /// Only batches with a smaller id (the `next` cursor of the previous page).
     before: Option<i64>,
@@ -77,6 +120,18 @@ pub struct ListParams {
 
 /// `GET /batches`: newest first, paginated with `limit` and `before`, optionally only the batch
 /// of one `idempotency_key`.
+#[utoipa::path(
+    get,
+    path = "/batches",
+    tag = "batches",
+    summary = "The newest batches",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of batches, newest first", body = BatchPage),
+        (status = 400, description = "A parameter is out of range", body = ErrorBody),
+        (status = 503, description = "PostgreSQL is away", body = ErrorBody),
+    ),
+)]
 pub async fn list_batches(
     State(app): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
@@ -107,6 +162,22 @@ pub async fn list_batches(
 /// `POST /batches/{id}/cancel`: 200 when it is cancelled now (its staged rows dropped in the same
 /// transaction; workers holding its chunks find it closed), 409 with its status when it was
 /// already final.
+#[utoipa::path(
+    post,
+    path = "/batches/{id}/cancel",
+    tag = "batches",
+    summary = "Cancel a batch that is not committed yet",
+    params(("id" = i64, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "Cancelled now; nothing of it becomes visible", body = BatchStatus),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 401, description = "No token, or not the right one", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+        (status = 409, description = "Already final", body = BatchStatus),
+        (status = 503, description = "PostgreSQL is away", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn cancel(
     State(app): State<AppState>,
     id: Result<Path<i64>, PathRejection>,
@@ -190,4 +261,14 @@ fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<IdempotencyKey>
     IdempotencyKey::parse(text)
         .map(Some)
         .map_err(|invalid| ApiError::bad_request(invalid.to_string()))
+}
+
+/// A 400 to a submit: the failed batch (the upload broke off) or an error (a bad header).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum BatchOrError {
+    /// The batch, failed.
+    Batch(Box<BatchStatus>),
+    /// What was wrong with the request.
+    Error(ErrorBody),
 }

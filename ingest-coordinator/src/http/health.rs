@@ -6,15 +6,32 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use ingest_wire::Readiness;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// What `GET /healthz` says.
+#[derive(Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`: the process answers.
+    pub status: String,
+}
 
 /// `GET /healthz`: the process is up.
-pub async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "The process answers", body = Alive)))]
+pub async fn healthz() -> Json<Alive> {
+    Json(Alive {
+        status: "ok".into(),
+    })
 }
 
 /// `GET /readyz`: PostgreSQL answers, RabbitMQ is connected and the spool takes files; 503 with
 /// the missing one(s) false otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness",
+    responses(
+        (status = 200, description = "Every dependency is there", body = Readiness),
+        (status = 503, description = "The dependencies marked false are missing", body = Readiness),
+    ))]
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let postgres = match app.pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),

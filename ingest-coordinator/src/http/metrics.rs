@@ -15,6 +15,9 @@ use ingest_wire::BatchState;
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`.
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format",
+        content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)))]
 pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     metrics::gauge!(m::UPLOADS_IN_FLIGHT).set(app.receiving.len() as f64);
     read_batches(&app).await;

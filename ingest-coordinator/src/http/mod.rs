@@ -7,5 +7,6 @@ pub mod auth;
 pub mod batches;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod request_id;
 pub mod unread_body;
