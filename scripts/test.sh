@@ -15,6 +15,11 @@ echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== compose file"
 scripts/lint-compose.sh
+echo "== browser for the status page test (Debian's chromium and chromium-driver)"
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
+    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }
+fi
 echo "== tests"
 # nextest runs every test in a process of its own: the tests that read a process's metrics or
 # stop a shared service rely on it.

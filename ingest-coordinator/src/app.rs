@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::http::api_error::ApiError;
-use crate::http::{auth, batches, health, metrics, openapi, request_id, unread_body};
+use crate::http::{auth, batches, health, metrics, openapi, page, request_id, unread_body};
 use crate::loops;
 use crate::pipeline::receiving::Receiving;
 use crate::pipeline::spool::Spool;
@@ -174,6 +174,7 @@ async fn recover(state: &AppState) -> anyhow::Result<()> {
 pub fn router(state: AppState) -> Router {
     let protected = middleware::from_fn_with_state(state.clone(), auth::require_token);
     Router::new()
+        .route("/", get(page::page))
         .route(
             "/batches",
             get(batches::list_batches).merge(post(batches::submit).layer(protected.clone())),

@@ -6,9 +6,11 @@
 //!
 //! - [`rates_file`]: generated rates files and their checksums;
 //! - [`process`]: the real binaries as child processes;
-//! - [`outage`]: real outages of the shared services, and the lock that lets them run alone.
+//! - [`outage`]: real outages of the shared services, and the lock that lets them run alone;
+//! - [`browser`]: a headless Chromium driven over WebDriver.
 
 mod answer;
+pub mod browser;
 pub mod outage;
 pub mod process;
 pub mod rates_file;

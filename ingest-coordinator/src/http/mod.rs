@@ -8,5 +8,6 @@ pub mod batches;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod request_id;
 pub mod unread_body;

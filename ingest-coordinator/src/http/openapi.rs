@@ -3,7 +3,7 @@
 //! drift from what the coordinator answers. Submit and cancel need the bearer token; the rest is
 //! open, and the description says so.
 
-use super::{batches, health, metrics};
+use super::{batches, health, metrics, page};
 use axum::Json;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -24,12 +24,13 @@ use utoipa::{Modify, OpenApi};
         health::healthz,
         health::readyz,
         metrics::metrics,
+        page::page,
         openapi_json,
     ),
     modifiers(&BearerToken),
     tags(
         (name = "batches", description = "Submit, follow and cancel batches"),
-        (name = "operations", description = "Health, readiness, metrics and this description"),
+        (name = "operations", description = "Health, readiness, metrics, the status page and this description"),
     )
 )]
 pub struct ApiDoc;

@@ -4,6 +4,7 @@
 
 mod faults;
 mod outages;
+mod page;
 mod pipeline;
 mod process;
 mod streaming;
