@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long the connection or channel must stay lost for good before the worker gives up.
 const LOST_GRACE: Duration = Duration::from_secs(5);
@@ -196,6 +197,15 @@ impl Chunk {
                 .await;
             return;
         };
+        let (batch_id, seq) = (message.batch_id, message.seq);
+        let span = tracing::info_span!("chunk", %batch_id, %seq);
+        self.load_and_settle(message, delivery)
+            .instrument(span)
+            .await;
+    }
+
+    /// [`Chunk::handle`] for a chunk message, inside the chunk's span.
+    async fn load_and_settle(self, message: ChunkMessage, delivery: Delivery) {
         let (batch_id, seq) = (message.batch_id, message.seq);
         let payload = Bytes::from(delivery.data);
         let _in_hand = InHand::count();

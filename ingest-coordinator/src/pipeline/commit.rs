@@ -28,6 +28,7 @@ use ingest_core::metrics as m;
 use ingest_core::schema;
 use std::time::Instant;
 use tokio_postgres::Client;
+use tracing::Instrument;
 
 /// How soon PostgreSQL checks that a committing coordinator is still there during a long index
 /// build, so the backend of a killed coordinator ends (and frees the commit lock) quickly.
@@ -49,6 +50,13 @@ pub enum Committed {
 /// Commits one batch whose chunks are all loaded (or whose commit was interrupted). Err is an
 /// outage: nothing is decided, the caller tries again later.
 pub async fn commit_batch(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault> {
+    commit_in(app, batch_id)
+        .instrument(tracing::info_span!("commit", %batch_id))
+        .await
+}
+
+/// [`commit_batch`], inside the commit's span.
+async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault> {
     let started = Instant::now();
     let mut client = app.pool.get().await?;
     // A `loading` batch is claimed; a `committing` one (an interrupted commit) is resumed.

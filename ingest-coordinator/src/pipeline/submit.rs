@@ -22,6 +22,7 @@ use ingest_core::outage::ride_through;
 use ingest_wire::{BatchStatus, IdempotencyKey};
 use std::io;
 use tokio::sync::mpsc;
+use tracing::{Instrument, Span};
 
 /// How an upload ended, with the batch's status.
 #[derive(Debug)]
@@ -85,6 +86,17 @@ pub async fn take(
     body: Body,
 ) -> Result<Received, Fault> {
     let _feeding = app.receiving.feed(batch_id);
+    let span = tracing::info_span!("batch", %batch_id);
+    take_in(app, batch_id, gzip, body).instrument(span).await
+}
+
+/// [`take`], inside the batch's span.
+async fn take_in(
+    app: &AppState,
+    batch_id: BatchId,
+    gzip: bool,
+    body: Body,
+) -> Result<Received, Fault> {
     tracing::info!(%batch_id, gzip, "receiving a batch");
     match receive(app, batch_id, gzip, body).await {
         Ok(report) => conclude(app, batch_id, report).await,
@@ -134,7 +146,9 @@ async fn receive(
     let reader = BodyReader::new(frames_rx, settings.max_body_bytes);
     let split =
         tokio::task::spawn_blocking(move || split::split(reader, &settings, &ports, chunks_tx));
-    let publish = tokio::spawn(publish::publish_batch(app.clone(), batch_id, chunks_rx));
+    let publish = tokio::spawn(
+        publish::publish_batch(app.clone(), batch_id, chunks_rx).instrument(Span::current()),
+    );
 
     // While publish waits out an outage it takes no chunk, split then reads no frame, and this
     // loop reads no more of the body: the client is held back by TCP.

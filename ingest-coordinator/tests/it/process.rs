@@ -137,3 +137,64 @@ async fn unsafe_or_impossible_settings_stop_it_with_one_line() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_the_batch_and_the_request() {
+    let mut env = TestEnv::start(Options {
+        workers: 1,
+        coordinator: false,
+        ..Options::default()
+    })
+    .await;
+    let mut coordinator = CoordinatorProcess::start(
+        EXE,
+        &mut env,
+        &[("INGEST_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+    )
+    .await;
+    let response = env
+        .http
+        .post(format!("{}/batches", env.base))
+        .header("content-type", "text/csv")
+        .body(format!("{HEADER}{}", GOOD.repeat(10)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 202);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let accepted: ingest_wire::BatchStatus = response.json().await.unwrap();
+    let status = env.wait_final(accepted.id, Duration::from_secs(60)).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert!(coordinator.terminate(Duration::from_secs(30)).success());
+
+    let logs = coordinator.logs();
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not one JSON object: {line}"))
+        })
+        .collect();
+    let received = lines
+        .iter()
+        .find(|line| line["message"] == "batch received")
+        .unwrap_or_else(|| panic!("no 'batch received' line in {logs}"));
+    let batch_id = accepted.id.to_string();
+    assert_eq!(received["batch_id"], batch_id, "{received:#}");
+    let spans = received["spans"].as_array().expect("the line's spans");
+    assert!(
+        spans.iter().any(|span| span["request_id"] == request_id),
+        "the request id is on the line: {received:#}"
+    );
+    assert!(
+        spans.iter().any(|span| span["batch_id"] == batch_id),
+        "the batch's span is on the line: {received:#}"
+    );
+    let committed = lines
+        .iter()
+        .find(|line| line["message"] == "batch committed")
+        .unwrap_or_else(|| panic!("no 'batch committed' line in {logs}"));
+    assert_eq!(committed["span"]["batch_id"], batch_id, "{committed:#}");
+}
