@@ -3,7 +3,7 @@
 
 use crate::api::{Coordinator, Failure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ingest_wire::{BatchId, BatchState, BatchStatus, RowError};
+use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, RowError};
 use std::time::{Duration, Instant};
 
 /// How often the status is read.
@@ -184,6 +184,9 @@ fn summary(status: &BatchStatus) -> String {
     if let Some(eta) = eta(status) {
         parts.push(format!("ETA {}", short_duration(eta)));
     }
+    if let Some(commit) = commit(status) {
+        parts.push(commit);
+    }
     if let Some(outage) = outage(status) {
         parts.push(outage);
     }
@@ -205,10 +208,29 @@ fn plain_line(status: &BatchStatus) -> String {
     if let Some(eta) = eta(status) {
         line.push_str(&format!(", ETA {}", short_duration(eta)));
     }
+    if let Some(commit) = commit(status) {
+        line.push_str(&format!(", {commit}"));
+    }
     if let Some(outage) = outage(status) {
         line.push_str(&format!(", {outage}"));
     }
     line
+}
+
+/// `commit: index (building index: sorting live tuples) 40%`, while a coordinator commits.
+fn commit(status: &BatchStatus) -> Option<String> {
+    let progress = status.commit.as_ref()?;
+    let step = match progress.step {
+        CommitStep::Index => "index",
+        CommitStep::Attach => "attach",
+    };
+    let share = match (progress.done, progress.total) {
+        (Some(done), Some(total)) if total > 0 => {
+            format!(" {}%", (done.min(total) * 100 / total))
+        }
+        _ => String::new(),
+    };
+    Some(format!("commit: {step} ({}){share}", progress.phase))
 }
 
 /// `commit attempt 2 met an outage, retrying: …`, while the batch is in that step.

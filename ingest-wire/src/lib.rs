@@ -12,7 +12,9 @@ mod status;
 pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{BatchId, IdempotencyKey, InvalidKey, LineNumber};
 pub use state::{BatchState, UnknownState};
-pub use status::{BatchPage, BatchStatus, ChunkCounts, Outage, Readiness, RowError};
+pub use status::{
+    BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, Readiness, RowError,
+};
 
 /// Header names of the API.
 pub mod headers {

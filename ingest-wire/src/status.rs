@@ -53,6 +53,35 @@ pub struct BatchStatus {
     /// The last outage a step of the batch rode through (a worker loading it, or the commit,
     /// tries again meanwhile).
     pub outage: Option<Outage>,
+    /// Where the commit is, while the batch is `committing` and a coordinator works on it.
+    #[serde(default)]
+    pub commit: Option<CommitProgress>,
+}
+
+/// The steps of a commit, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CommitStep {
+    /// Building the batch's read index (PostgreSQL reports its phase and progress).
+    Index,
+    /// Attaching the batch to `prices`: PostgreSQL validates both foreign keys in bulk, then the
+    /// batch becomes visible.
+    Attach,
+}
+
+/// A commit in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CommitProgress {
+    /// The step.
+    pub step: CommitStep,
+    /// PostgreSQL's own words for where the step is (e.g. `building index: scanning table`).
+    pub phase: String,
+    /// Work done in this phase (blocks or tuples), when PostgreSQL reports it.
+    pub done: Option<u64>,
+    /// Work in this phase in all, when PostgreSQL reports it.
+    pub total: Option<u64>,
 }
 
 impl BatchStatus {

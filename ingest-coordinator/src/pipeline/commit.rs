@@ -34,6 +34,11 @@ use tracing::Instrument;
 /// build, so the backend of a killed coordinator ends (and frees the commit lock) quickly.
 const CLIENT_CHECK: &str = "SET client_connection_check_interval = '1s'";
 
+/// The `application_name` of the session committing `batch_id`, while it holds the commit lock.
+pub fn session_name(batch_id: BatchId) -> String {
+    format!("ingest commit {batch_id}")
+}
+
 /// What became of one commit attempt.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Committed {
@@ -70,8 +75,22 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         tracing::info!(%batch_id, "another session holds the commit lock; later");
         return Ok(Committed::Busy);
     }
-    let result = commit_locked(&mut client, batch_id, started).await;
-    if ledger::unlock_commit(&client, batch_id).await.is_err() {
+    // Named, so the status can find this session's progress (pg_stat_activity).
+    let named = client
+        .batch_execute(&format!(
+            "SET application_name = '{}'",
+            session_name(batch_id)
+        ))
+        .await;
+    let result = match named {
+        Ok(()) => commit_locked(&mut client, batch_id, started).await,
+        Err(error) => Err(Fault::from(error)),
+    };
+    let released = match ledger::unlock_commit(&client, batch_id).await {
+        Ok(()) => client.batch_execute("RESET application_name").await.is_ok(),
+        Err(_) => false,
+    };
+    if !released {
         // The session is broken or confused: close it rather than pool it, and the lock ends
         // with it.
         drop(deadpool_postgres::Object::take(client));

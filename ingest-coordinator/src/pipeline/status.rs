@@ -2,12 +2,16 @@
 //! (nothing is cached, so every coordinator answers the same). The shape is
 //! `ingest_wire::BatchStatus`; the chunk states counted are named by their enum.
 
+use super::commit;
 use chrono::{DateTime, Utc};
 use ingest_core::batch::BatchId;
 use ingest_core::chunk::ChunkState;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
-use ingest_wire::{BatchPage, BatchStatus, ChunkCounts, IdempotencyKey, Outage, RowError};
+use ingest_wire::{
+    BatchPage, BatchState, BatchStatus, ChunkCounts, CommitProgress, CommitStep, IdempotencyKey,
+    Outage, RowError,
+};
 use std::sync::LazyLock;
 use tokio_postgres::{Client, Row};
 
@@ -109,6 +113,7 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         rows_per_second,
         eta_seconds,
         outage,
+        commit: None,
     })
 }
 
@@ -119,6 +124,9 @@ pub async fn fetch(client: &Client, id: BatchId) -> Result<Option<BatchStatus>, 
         return Ok(None);
     };
     let mut status = from_row(&row)?;
+    if status.state == BatchState::Committing {
+        status.commit = commit_progress(client, id).await?;
+    }
     if let Some(sha) = &status.content_sha256 {
         let rows = client
             .query(
@@ -129,6 +137,52 @@ pub async fn fetch(client: &Client, id: BatchId) -> Result<Option<BatchStatus>, 
         status.duplicate_of = rows.iter().map(|row| BatchId(row.get(0))).collect();
     }
     Ok(Some(status))
+}
+
+/// Where the commit of `id` is, read from the committing session's activity and PostgreSQL's
+/// index-build progress (`None` when no coordinator works on it right now).
+async fn commit_progress(client: &Client, id: BatchId) -> Result<Option<CommitProgress>, Fault> {
+    let row = client
+        .query_opt(
+            "SELECT a.query, p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total
+             FROM pg_stat_activity a
+             LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
+             WHERE a.application_name = $1 AND a.state = 'active'
+             LIMIT 1",
+            &[&commit::session_name(id)],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let query: String = row.get::<_, Option<String>>(0).unwrap_or_default();
+    let count = |index: usize| {
+        row.get::<_, Option<i64>>(index)
+            .and_then(|n| u64::try_from(n).ok())
+    };
+    let progress = if query.contains("ATTACH PARTITION") {
+        CommitProgress {
+            step: CommitStep::Attach,
+            phase: "validating both foreign keys and attaching to prices".into(),
+            done: None,
+            total: None,
+        }
+    } else {
+        let (done, total) = match (count(3), count(5)) {
+            (Some(blocks), _) if blocks > 0 => (count(2), Some(blocks)),
+            (_, Some(tuples)) if tuples > 0 => (count(4), Some(tuples)),
+            _ => (None, None),
+        };
+        CommitProgress {
+            step: CommitStep::Index,
+            phase: row
+                .get::<_, Option<String>>(1)
+                .unwrap_or_else(|| "waiting to start".into()),
+            done,
+            total,
+        }
+    };
+    Ok(Some(progress))
 }
 
 /// Which page of batches.
@@ -153,7 +207,12 @@ pub async fn page(client: &Client, query: &PageQuery) -> Result<BatchPage, Fault
     let limit = i64::from(query.limit);
     let key = query.idempotency_key.as_ref().map(IdempotencyKey::as_str);
     let rows = client.query(&sql, &[&before, &limit, &key]).await?;
-    let batches = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let mut batches = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    for batch in &mut batches {
+        if batch.state == BatchState::Committing {
+            batch.commit = commit_progress(client, batch.id).await?;
+        }
+    }
     // A key names at most one batch: no next page then.
     let next = (key.is_none() && batches.len() == usize::from(query.limit))
         .then(|| batches.last())

@@ -9,7 +9,7 @@ use ingest_coordinator::pipeline::commit::{self, Committed};
 use ingest_core::chunk::ChunkState;
 use ingest_core::{ledger, schema};
 use ingest_testkit::{rates_file, Options, TestEnv};
-use ingest_wire::{BatchId, BatchState, IdempotencyKey};
+use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, IdempotencyKey};
 use lapin::options::{BasicGetOptions, BasicRejectOptions, QueuePurgeOptions};
 use std::time::Duration;
 
@@ -413,4 +413,72 @@ async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
         "{reason}"
     );
     assert_eq!(batch_totals(&env, id).await, expected(61, 20_000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_status_says_where_a_commit_is() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let id = submit_generated(&env, 81, 20_000).await;
+    env.stop_coordinator().await;
+    env.start_workers(2);
+    env.wait_loaded(id, FINAL_WITHIN).await;
+
+    // Hold the commit at its index build (the staging table locked), then at its attach
+    // (`prices_by_batch` locked against ATTACH; readers are not blocked by this lock).
+    let holder = ingest_core::db::connect(&env.database_url).await.unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+            schema::staging_table(id)
+        ))
+        .await
+        .unwrap();
+    env.start_coordinator().await;
+    let at_index = wait_for_commit_step(&env, id, CommitStep::Index).await;
+    assert_eq!(at_index.state, BatchState::Committing);
+    // Take the lock on prices_by_batch first, then release the staging table: the index build
+    // finishes and ATTACH waits.
+    let blocker = ingest_core::db::connect(&env.database_url).await.unwrap();
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE prices_by_batch IN SHARE MODE")
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let at_attach = wait_for_commit_step(&env, id, CommitStep::Attach).await;
+    let progress = at_attach.commit.unwrap();
+    assert!(progress.phase.contains("foreign keys"), "{progress:?}");
+    assert_eq!(
+        env.prices_count().await,
+        0,
+        "readers are not blocked and see nothing yet"
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let status = env.wait_final(id, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(status.commit, None);
+    assert_eq!(batch_totals(&env, id).await, expected(81, 20_000));
+}
+
+/// Polls the batch's status until its commit is at `step`.
+async fn wait_for_commit_step(env: &TestEnv, id: BatchId, step: CommitStep) -> BatchStatus {
+    let deadline = std::time::Instant::now() + FINAL_WITHIN;
+    loop {
+        let status = env.status(id).await;
+        if status
+            .commit
+            .as_ref()
+            .is_some_and(|commit| commit.step == step)
+        {
+            return status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never reached {step:?}: {status:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
