@@ -72,7 +72,8 @@ start_coordinator() {
 }
 start_worker() {
   workers_started=$((workers_started + 1))
-  INGEST_WORKER_NAME="chaos-worker-$workers_started" "$bin/ingest-worker" \
+  INGEST_WORKER_NAME="chaos-worker-$workers_started" INGEST_WORKER_LISTEN=127.0.0.1:0 \
+    "$bin/ingest-worker" \
     >>"$dir/worker-$workers_started.log" 2>&1 &
   worker_pids+=("$!")
   disown

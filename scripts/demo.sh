@@ -72,7 +72,9 @@ target/release/ingest-coordinator >"$logs/coordinator.log" 2>&1 &
 coordinator=$!
 pids+=("$coordinator")
 for n in 1 2; do
-  INGEST_WORKER_NAME=demo-worker-$n target/release/ingest-worker >"$logs/worker-$n.log" 2>&1 &
+  # Each worker serves its metrics and health on a port of its own: 9091, 9092.
+  INGEST_WORKER_NAME=demo-worker-$n INGEST_WORKER_LISTEN=127.0.0.1:909$n \
+    target/release/ingest-worker >"$logs/worker-$n.log" 2>&1 &
   pids+=($!)
 done
 
@@ -101,3 +103,12 @@ if ((added != EXPECTED_ROWS)); then
   echo "demo: expected $EXPECTED_ROWS new rows, got $added" >&2
   exit 1
 fi
+
+echo "== a few metrics (all of them: $INGEST_URL/metrics, and 127.0.0.1:9091/metrics, :9092/metrics)"
+curl -fsS "$INGEST_URL/metrics" | grep -E '^ingest_(rows_committed_total|commits_total\{outcome="committed"\}|batches\{state="committed"\}) '
+for port in 9091 9092; do
+  curl -fsS "http://127.0.0.1:$port/metrics" | grep -E '^ingest_(rows_loaded_total|chunk_load_duration_seconds_count) ' |
+    sed "s/^/worker :$port  /"
+done
+echo "status page: $INGEST_URL/ (while the demo's processes run)"
+
