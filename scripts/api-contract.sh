@@ -41,6 +41,8 @@ target/debug/ingest-coordinator &
 coordinator=$!
 wait_until 60 "the coordinator" curl -fsS -o /dev/null "http://$INGEST_LISTEN/readyz"
 
+# From the temporary folder: schemathesis keeps a cache where it runs.
+cd "$spool"
 st run "http://$INGEST_LISTEN/openapi.json" \
   -H "Authorization: Bearer $INGEST_TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \

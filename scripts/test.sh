@@ -15,6 +15,8 @@ echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== compose file"
 scripts/lint-compose.sh
+echo "== deployment files (Kubernetes + KEDA, Prometheus, Grafana, Dockerfile; offline)"
+scripts/lint-deploy.sh
 echo "== browser for the status page test (Debian's chromium and chromium-driver)"
 if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
   apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 ||
