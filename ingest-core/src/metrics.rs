@@ -34,7 +34,10 @@ pub const CHUNK_DELIVERIES: &str = "ingest_chunk_deliveries_total";
 /// `lease_expired` (the worker vanished), `unconfirmed` (RabbitMQ never confirmed it),
 /// `stranded` (dead-lettered or lost), `outage` (a worker retried with the delivery in hand).
 pub const CHUNK_RETRIES: &str = "ingest_chunk_retries_total";
-/// Chunks buried (`dead`): PostgreSQL refused them `max_attempts` times (counter).
+/// Chunks that will not load, by `reason`: `refused` (PostgreSQL refused them `max_attempts`
+/// times: buried, their batch failed) or `spool_lost` (their spooled copy is gone: their batch
+/// failed). Messages the broker dead-letters are handed out again (`CHUNK_RETRIES`,
+/// `stranded`) and counted in `QUEUE_MESSAGES{queue="dead"}` (counter).
 pub const CHUNKS_DEAD: &str = "ingest_chunks_dead_total";
 /// Messages ready in a `queue` (`chunks` or `dead`), as the coordinator sees them (gauge).
 pub const QUEUE_MESSAGES: &str = "ingest_queue_messages";
@@ -99,7 +102,7 @@ fn describe() {
         CHUNK_RETRIES,
         "Chunks handed out or tried again, by reason."
     );
-    describe_counter!(CHUNKS_DEAD, "Chunks buried after PostgreSQL refused them.");
+    describe_counter!(CHUNKS_DEAD, "Chunks that will not load, by reason.");
     describe_gauge!(
         QUEUE_MESSAGES,
         "Messages ready in a queue, as the coordinator sees it."

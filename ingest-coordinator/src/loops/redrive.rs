@@ -66,6 +66,7 @@ pub async fn redrive(app: &AppState, after: Duration) -> Result<usize, Fault> {
                      unreadable ({error}); submit the file again",
                     chunk.seq, chunk.first_line, chunk.last_line
                 );
+                metrics::counter!(m::CHUNKS_DEAD, "reason" => "spool_lost").increment(1);
                 app.end_batch(chunk.batch_id, &Ending::failed(reason))
                     .await?;
                 continue;
@@ -122,7 +123,7 @@ async fn bury(app: &AppState, redrive: &Redrive) -> Result<(), Fault> {
         ledger::bury_chunk(&mut client, chunk.batch_id, chunk.seq, &reason).await?
     };
     if buried {
-        metrics::counter!(m::CHUNKS_DEAD).increment(1);
+        metrics::counter!(m::CHUNKS_DEAD, "reason" => "refused").increment(1);
         app.batch_is_final(chunk.batch_id).await;
         tracing::warn!(batch_id = %chunk.batch_id, %reason, "poison chunk; batch failed");
     }
