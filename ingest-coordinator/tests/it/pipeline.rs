@@ -262,11 +262,62 @@ async fn the_database_enforces_port_codes_at_commit() {
     let staged: i64 = env
         .db
         .query_one(
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'price_batches'",
+            "SELECT count(*) FROM pg_tables
+             WHERE schemaname = 'price_batches' AND tablename <> 'direct'",
             &[],
         )
         .await
         .unwrap()
         .get(0);
     assert_eq!(staged, 0, "the failed batch's rows are dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_written_straight_into_prices_have_a_home() {
+    // The ratestask API's own price upload, or an operator's fix: a plain INSERT on `prices`.
+    let env = TestEnv::start(Options::default()).await;
+    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
+    let (code, accepted) = env.submit(file).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let status = env
+        .wait_final(accepted.id(), Duration::from_secs(120))
+        .await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+
+    let inserted = env
+        .db
+        .execute(
+            "INSERT INTO prices (orig_code, dest_code, day, price)
+             VALUES ('CNSGH', 'NLRTM', '2017-01-01', 1234), ('CNSGH', 'NLRTM', '2017-01-02', 1235)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 2);
+    assert_eq!(env.prices_count().await, SAMPLE_ROWS + 2);
+    let direct: i64 = env
+        .db
+        .query_one(
+            "SELECT count(*) FROM prices_by_batch WHERE batch_id = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(direct, 2);
+    // The foreign keys hold for direct writes too.
+    let refused = env
+        .db
+        .execute(
+            "INSERT INTO prices (orig_code, dest_code, day, price)
+             VALUES ('XXXXX', 'NLRTM', '2017-01-01', 1)",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
+    );
+    assert_eq!(env.prices_count().await, SAMPLE_ROWS + 2);
 }
