@@ -31,3 +31,5 @@ fi
 cargo nextest run --workspace --locked --no-fail-fast
 echo "== API contract (schemathesis against a running coordinator)"
 scripts/api-contract.sh
+echo "== benchmark, once at 200,000 rows so that it keeps working (the real run: scripts/bench.sh)"
+scripts/bench.sh --rows 200000 --runs 1 --out target/bench-ci

@@ -1,0 +1,381 @@
+#!/usr/bin/env python3
+"""The benchmark: this project and the tools a data team would otherwise pick, on the same rows,
+in the same run, on this machine's PostgreSQL and RabbitMQ. Run it through scripts/bench.sh.
+
+Methods (each on a fresh table, after TRUNCATE and CHECKPOINT; median of --runs):
+  psql \\copy      psql's \\copy into the published ratestask `prices` (two FKs to `ports`)
+  raw 2x \\copy    two parallel \\copy streams into a plain table: no FK, no index (the raw limit)
+  by hand         the raw limit, then CREATE INDEX, then both ADD FOREIGN KEY (the best a person
+                  gets to an indexed table with the FKs enforced, step by step)
+  pgloader        pgloader into the published `prices` (Debian's package)
+  pipeline        ingest submit → committed, coordinator + W workers (release binaries); phases
+                  from the ledger and the status; peak RSS of every process
+
+Prints one table, and writes results.json and chart.png into --out.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qAt"]
+RELEASE = os.path.join(ROOT, "target", "release")
+
+
+def sql(db, statement):
+    return subprocess.run(PG + ["-d", db, "-c", statement], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def fresh_db(name):
+    subprocess.run(PG + ["-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"],
+                   check=True, capture_output=True)
+    subprocess.run(PG + ["-d", "postgres", "-c", f"CREATE DATABASE {name}"],
+                   check=True, capture_output=True)
+
+
+def timed(fn):
+    started = time.monotonic()
+    fn()
+    return time.monotonic() - started
+
+
+def copy(db, table, path):
+    subprocess.run(PG + ["-d", db, "-c", f"\\copy {table} FROM '{path}' CSV HEADER"],
+                   check=True, capture_output=True)
+
+
+# --- the published ratestask schema (as the exercise's dump has it) ----------------------------
+
+def published_schema(db, data):
+    fresh_db(db)
+    sql(db, """
+        CREATE TABLE regions (slug text PRIMARY KEY, name text NOT NULL,
+                              parent_slug text REFERENCES regions (slug));
+        CREATE TABLE ports (code text PRIMARY KEY, name text NOT NULL,
+                            parent_slug text NOT NULL REFERENCES regions (slug));
+        CREATE TABLE prices (orig_code text NOT NULL REFERENCES ports (code),
+                             dest_code text NOT NULL REFERENCES ports (code),
+                             day date NOT NULL, price integer NOT NULL);
+        CREATE TABLE prices_raw (orig_code text NOT NULL, dest_code text NOT NULL,
+                                 day date NOT NULL, price integer NOT NULL);""")
+    # Regions refer to regions: load them parentless, then set the parents (one session, so
+    # the temporary table lives through the three commands).
+    subprocess.run(PG + ["-d", db,
+                         "-c", "CREATE TEMP TABLE r (slug text, name text, parent_slug text)",
+                         "-c", f"\\copy r FROM '{data}/regions.csv' CSV HEADER",
+                         "-c", "INSERT INTO regions SELECT slug, name, NULL FROM r; "
+                               "UPDATE regions SET parent_slug = nullif(r.parent_slug, '') "
+                               "FROM r WHERE regions.slug = r.slug"],
+                   check=True, capture_output=True)
+    copy(db, "ports", f"{data}/ports.csv")
+
+
+def reset(db, table):
+    sql(db, f"TRUNCATE {table}; CHECKPOINT;")
+
+
+def psql_copy(db, path):
+    reset(db, "prices")
+    return timed(lambda: copy(db, "prices", path))
+
+
+def raw_parallel(db, halves):
+    reset(db, "prices_raw")
+
+    def run():
+        procs = [subprocess.Popen(PG + ["-d", db, "-c",
+                                        f"\\copy prices_raw FROM '{half}' CSV HEADER"])
+                 for half in halves]
+        for proc in procs:
+            if proc.wait() != 0:
+                raise RuntimeError("a \\copy stream failed")
+    return timed(run)
+
+
+def by_hand(db, halves):
+    """The raw limit, then the index, then both foreign keys: seconds of each step."""
+    sql(db, "DROP TABLE IF EXISTS prices_hand; CREATE TABLE prices_hand (LIKE prices_raw); "
+            "CHECKPOINT;")
+
+    def load():
+        procs = [subprocess.Popen(PG + ["-d", db, "-c",
+                                        f"\\copy prices_hand FROM '{half}' CSV HEADER"])
+                 for half in halves]
+        for proc in procs:
+            if proc.wait() != 0:
+                raise RuntimeError("a \\copy stream failed")
+    steps = {"copy": timed(load)}
+    steps["index"] = timed(lambda: sql(
+        db, "CREATE INDEX prices_hand_route_day ON prices_hand (orig_code, dest_code, day)"))
+    steps["foreign keys"] = timed(lambda: sql(
+        db, "ALTER TABLE prices_hand ADD FOREIGN KEY (orig_code) REFERENCES ports (code); "
+            "ALTER TABLE prices_hand ADD FOREIGN KEY (dest_code) REFERENCES ports (code)"))
+    steps["total"] = sum(steps.values())
+    return steps
+
+
+def pgloader(db, path):
+    reset(db, "prices")
+    command = f"""LOAD CSV FROM '{path}' (orig_code, dest_code, day, price)
+    INTO postgresql://postgres@127.0.0.1:5432/{db}?prices (orig_code, dest_code, day, price)
+    WITH skip header = 1, fields terminated by ',', fields optionally enclosed by '"';"""
+    with tempfile.NamedTemporaryFile("w", suffix=".load", delete=False) as f:
+        f.write(command)
+    try:
+        def run():
+            done = subprocess.run(["pgloader", "--quiet", f.name], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError("pgloader failed: " + done.stderr[-400:])
+        seconds = timed(run)
+    finally:
+        os.unlink(f.name)
+    loaded = int(sql(db, "SELECT count(*) FROM prices"))
+    return seconds, loaded
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+def peak_rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.load(answer)
+
+
+def pipeline(path, rows, workers, out):
+    db, port, queue = "bench_pipeline", 18580, f"ingest.bench.{os.getpid()}"
+    fresh_db(db)
+    spool = tempfile.mkdtemp(prefix="bench-spool-")
+    env = dict(os.environ,
+               DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
+               INGEST_QUEUE=queue, INGEST_LISTEN=f"127.0.0.1:{port}",
+               INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=spool,
+               RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50")
+    env.pop("INGEST_TOKEN", None)
+    base = env["INGEST_URL"]
+    subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
+                    os.path.join(ROOT, "data", "ratestask")], env=env, check=True,
+                   capture_output=True)
+    logs = open(os.path.join(out, "pipeline.log"), "a")
+    procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=env, stdout=logs,
+                              stderr=logs)]
+    for n in range(workers):
+        procs.append(subprocess.Popen([f"{RELEASE}/ingest-worker"], stdout=logs, stderr=logs,
+                                      env=dict(env, INGEST_WORKER_NAME=f"bench-{n}",
+                                               INGEST_WORKER_LISTEN="127.0.0.1:0")))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the coordinator did not start")
+            time.sleep(0.1)
+        sql(db, "CHECKPOINT")
+        started = time.monotonic()
+        submit = subprocess.run([f"{RELEASE}/ingest", "submit", path, "--no-wait"], env=env,
+                                capture_output=True, text=True)
+        if submit.returncode != 0:
+            raise RuntimeError("ingest submit failed: " + submit.stderr)
+        uploaded = time.monotonic() - started
+        batch = int(sql(db, "SELECT max(id) FROM batches"))
+        steps = {}
+        while True:
+            status = get_json(f"{base}/batches/{batch}")
+            now = time.monotonic() - started
+            commit = status.get("commit")
+            if commit:
+                steps.setdefault(commit["step"], now)
+            if status["state"] in ("committed", "failed", "cancelled"):
+                break
+            time.sleep(0.05)
+        visible = time.monotonic() - started
+        if status["state"] != "committed":
+            raise RuntimeError(f"the batch ended {status['state']}: {status.get('error')}")
+        loaded = float(sql(db, f"""SELECT extract(epoch FROM max(c.updated_at) - b.created_at)
+                                   FROM batches b JOIN chunks c ON c.batch_id = b.id
+                                   WHERE b.id = {batch} GROUP BY b.created_at"""))
+        count = int(sql(db, "SELECT count(*) FROM prices WHERE true"))
+        if count != rows:
+            raise RuntimeError(f"prices holds {count} rows, not {rows}")
+        rss = [peak_rss_kib(proc.pid) // 1024 for proc in procs]
+        index_started = steps.get("index", loaded)
+        attach_started = steps.get("attach", visible)
+        return {
+            "seconds": visible,
+            "upload": uploaded,
+            "load": loaded,
+            "commit": status["commit_seconds"],
+            "index": max(0.0, attach_started - index_started),
+            "fk validation + attach": max(0.0, visible - attach_started),
+            "time to visible": visible,
+            "time to indexed": visible,
+            "rss_coordinator_mib": rss[0],
+            "rss_workers_mib": rss[1:],
+        }
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue + ".dead"],
+                       capture_output=True)
+        shutil.rmtree(spool, ignore_errors=True)
+        logs.close()
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=8_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", default=os.path.join(ROOT, "target", "bench"))
+    parser.add_argument("--no-pgloader", action="store_true")
+    args = parser.parse_args()
+    args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    data = os.path.join(ROOT, "data", "ratestask")
+    path = os.path.join(args.out, f"rates-{args.rows}.csv")
+    if not os.path.exists(path):
+        print(f"bench: generating {args.rows:,} rows", flush=True)
+        subprocess.run([sys.executable, os.path.join(HERE, "rates.py"), "generate",
+                        str(args.rows), "7", f"{data}/ports.csv", path + ".tmp"], check=True)
+        os.rename(path + ".tmp", path)
+    halves = split_in_two(path)
+    db = "bench_published"
+    published_schema(db, data)
+
+    results = {"rows": args.rows, "workers": args.workers, "runs": args.runs,
+               "file_bytes": os.path.getsize(path), "methods": {}}
+    samples = {"psql \\copy": [], "raw 2x \\copy": [], "by hand": [], "pgloader": [],
+               "pipeline": []}
+    hand_steps, pipeline_runs = [], []
+    for run in range(1, args.runs + 1):
+        print(f"bench: run {run} of {args.runs}", flush=True)
+        samples["psql \\copy"].append(psql_copy(db, path))
+        samples["raw 2x \\copy"].append(raw_parallel(db, halves))
+        steps = by_hand(db, halves)
+        hand_steps.append(steps)
+        samples["by hand"].append(steps["total"])
+        if not args.no_pgloader:
+            seconds, loaded = pgloader(db, path)
+            if loaded != args.rows:
+                raise RuntimeError(f"pgloader loaded {loaded} rows, not {args.rows}")
+            samples["pgloader"].append(seconds)
+        one = pipeline(path, args.rows, args.workers, args.out)
+        pipeline_runs.append(one)
+        samples["pipeline"].append(one["seconds"])
+
+    psql = median(samples["psql \\copy"])
+    raw = median(samples["raw 2x \\copy"])
+    print()
+    print(f"{args.rows:,} rows ({results['file_bytes'] / 2**20:.0f} MiB), "
+          f"median of {args.runs}, {args.workers} pipeline workers")
+    print(f"{'method':<28} {'seconds':>9} {'rows/s':>12} {'vs psql':>9} {'vs raw':>8}")
+    for name, values in samples.items():
+        if not values:
+            continue
+        seconds = median(values)
+        results["methods"][name] = {"seconds": seconds, "samples": values,
+                                    "rows_per_second": args.rows / seconds}
+        print(f"{name:<28} {seconds:>9.2f} {args.rows / seconds:>12,.0f} "
+              f"{psql / seconds:>8.2f}x {raw / seconds:>7.2f}x")
+    phases = {key: median([run[key] for run in pipeline_runs])
+              for key in ["upload", "load", "index", "fk validation + attach", "commit",
+                          "time to visible", "time to indexed"]}
+    hand = {key: median([steps[key] for steps in hand_steps]) for key in hand_steps[0]}
+    results["pipeline_phases"] = phases
+    results["by_hand_steps"] = hand
+    rss_coordinator = max(run["rss_coordinator_mib"] for run in pipeline_runs)
+    rss_workers = [max(run["rss_workers_mib"][n] for run in pipeline_runs)
+                   for n in range(args.workers)]
+    results["peak_rss_mib"] = {"coordinator": rss_coordinator, "workers": rss_workers}
+    print()
+    print("pipeline phases (seconds from the submit):")
+    for key, value in phases.items():
+        print(f"  {key:<24} {value:8.2f}")
+    print("by hand (seconds): " + ", ".join(f"{key} {value:.2f}" for key, value in hand.items()))
+    visible = phases["time to visible"]
+    print(f"time to visible: {psql / visible:.1f}x faster than psql \\copy, "
+          f"{raw / visible:.2f}x the raw limit; time to indexed: "
+          f"{phases['time to indexed'] / hand['total']:.2f}x the best by hand")
+    print(f"peak RSS: coordinator {rss_coordinator} MiB, workers "
+          + ", ".join(f"{mib} MiB" for mib in rss_workers))
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    chart(results, os.path.join(args.out, "chart.png"))
+    print(f"results: {args.out}/results.json, {args.out}/chart.png")
+
+
+def split_in_two(path):
+    """The file as two halves with a header each, for two parallel \\copy streams (made once)."""
+    halves = [path + ".1", path + ".2"]
+    if all(os.path.exists(half) for half in halves):
+        return halves
+    with open(path) as f:
+        header = f.readline()
+        lines = f.readlines()
+    middle = len(lines) // 2
+    for half, part in zip(halves, [lines[:middle], lines[middle:]]):
+        with open(half, "w") as f:
+            f.write(header)
+            f.writelines(part)
+    return halves
+
+
+def chart(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is missing; no chart", file=sys.stderr)
+        return
+    names = list(results["methods"])
+    seconds = [results["methods"][name]["seconds"] for name in names]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.barh(names, seconds, color=["#1a7f37" if name == "pipeline" else "#8c959f"
+                                          for name in names])
+    ax.bar_label(bars, labels=[f"{s:.1f} s" for s in seconds], padding=3)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds (lower is better)")
+    ax.set_title(f"{results['rows']:,} rates rows, median of {results['runs']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
