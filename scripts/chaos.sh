@@ -9,11 +9,12 @@
 # 2 s apart:
 #   worker SIGKILL (a replacement starts) · RabbitMQ stop_app/start_app · worker SIGKILL ·
 #   PostgreSQL fast restart · worker SIGKILL · coordinator SIGKILL and restart ·
-#   PostgreSQL stopped 30 s · RabbitMQ stopped 60 s · worker SIGKILLs until the batch ends.
+#   PostgreSQL stopped 30 s · (2 s later, while it is still down) RabbitMQ stopped 60 s ·
+#   worker SIGKILLs until the batch ends.
 # --mode loading (default): the workers start once the upload is in (on 2 cores they would
 # otherwise load 8M rows before the first fault), and the faults start once they load;
 # --mode upload: the workers run from the start, the PostgreSQL restart and the coordinator kill
-# land during the upload, the rest after it (the long outages first, to meet the commit).
+# land during the upload, the rest after it.
 #
 # A fault counts as landed when the batch was still open (not committed, failed or cancelled)
 # as it was applied. The verdict compares `prices` with the file per day (rows, sum of prices)
@@ -58,7 +59,8 @@ export INGEST_WORKER_CONCURRENCY=${INGEST_WORKER_CONCURRENCY:-1}
 bin=target/release
 
 log() { printf '%s chaos: %s\n' "$(date +%H:%M:%S)" "$*"; }
-psql_q() { psql -h 127.0.0.1 -U postgres -d "$db" -Atqc "$1" 2>/dev/null; }
+# Empty when PostgreSQL does not answer (never fails the script).
+psql_q() { psql -h 127.0.0.1 -U postgres -d "$db" -Atqc "$1" 2>/dev/null || true; }
 
 coordinator_pid=""
 worker_pids=()
@@ -119,14 +121,21 @@ wait_for() {
 
 landed=()
 missed=()
-# fault NAME COMMAND...: applies a fault; it landed if the batch was open just before.
+last_progress=""
+# fault NAME COMMAND...: applies a fault; it landed if the batch was open just before. While
+# PostgreSQL is down the ledger cannot be read — and the batch cannot change state either (every
+# transition is a write to it): the last state read stands.
 fault() {
   local name=$1; shift
-  local state progress
-  state=$(batch_state)
+  local progress
   progress=$(batch_progress)
-  case "$state" in
-    receiving|loading|committing) landed+=("$name (batch $progress)") ;;
+  if [ -n "$progress" ]; then
+    last_progress=$progress
+  elif ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    progress="$last_progress; PostgreSQL down"
+  fi
+  case "$progress" in
+    receiving*|loading*|committing*) landed+=("$name (batch $progress)") ;;
     *) missed+=("$name (batch ${progress:-not found})") ;;
   esac
   log "fault: $name (batch ${progress:-?})"
@@ -144,12 +153,19 @@ restart_coordinator() {
   kill_now "$coordinator_pid"
   start_coordinator
 }
-stop_postgres_30s() {
-  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main stop -m fast
-  sleep 30
-  pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start
+# The two long outages overlap: PostgreSQL goes down for 30 s, and 2 s later RabbitMQ for 60 s
+# (each comes back on its own clock). So both meet the batch open, however quick the steps before
+# were: nothing can finish a batch while PostgreSQL is down.
+long_outages() {
+  fault "PostgreSQL stopped 30 s" pg_ctlcluster --skip-systemctl-redirect "$pg_version" main stop -m fast
+  (sleep 30; pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start) &
+  local postgres_back=$!
+  sleep 2
+  fault "RabbitMQ stopped 60 s" rabbitmqctl -q stop_app
+  (sleep 60; rabbitmqctl -q start_app) &
+  local rabbitmq_back=$!
+  wait "$postgres_back" "$rabbitmq_back"
 }
-stop_rabbitmq_60s() { rabbitmqctl -q stop_app; sleep 60; rabbitmqctl -q start_app; }
 
 # --- Set up.
 ensure_services
@@ -215,21 +231,16 @@ if [ "$mode" = loading ]; then
   sleep 2
   fault "coordinator SIGKILL and restart" restart_coordinator
   sleep 2
-  fault "PostgreSQL stopped 30 s" stop_postgres_30s
-  sleep 2
-  fault "RabbitMQ stopped 60 s" stop_rabbitmq_60s
+  long_outages
 else
-  # The workers loaded while the file came in, and the commit (the longest step) starts now:
-  # the long outages go first so that they meet it.
+  # The workers loaded while the file came in, and the commit (the longest step) starts now.
   fault "worker SIGKILL" kill_worker
-  sleep 2
-  fault "PostgreSQL stopped 30 s" stop_postgres_30s
   sleep 2
   fault "RabbitMQ stop_app/start_app" bounce_rabbitmq
   sleep 2
   fault "worker SIGKILL" kill_worker
   sleep 2
-  fault "RabbitMQ stopped 60 s" stop_rabbitmq_60s
+  long_outages
 fi
 while is_open; do
   sleep 5
