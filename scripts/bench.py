@@ -89,17 +89,18 @@ def psql_copy(db, path):
     return timed(lambda: copy(db, "prices", path))
 
 
+def parallel_copy(db, table, halves):
+    """One \\copy stream per half of the file, at once."""
+    procs = [subprocess.Popen(PG + ["-d", db, "-c", f"\\copy {table} FROM '{half}' CSV HEADER"])
+             for half in halves]
+    for proc in procs:
+        if proc.wait() != 0:
+            raise RuntimeError("a \\copy stream failed")
+
+
 def raw_parallel(db, halves):
     reset(db, "prices_raw")
-
-    def run():
-        procs = [subprocess.Popen(PG + ["-d", db, "-c",
-                                        f"\\copy prices_raw FROM '{half}' CSV HEADER"])
-                 for half in halves]
-        for proc in procs:
-            if proc.wait() != 0:
-                raise RuntimeError("a \\copy stream failed")
-    return timed(run)
+    return timed(lambda: parallel_copy(db, "prices_raw", halves))
 
 
 def by_hand(db, halves):
@@ -107,14 +108,7 @@ def by_hand(db, halves):
     sql(db, "DROP TABLE IF EXISTS prices_hand; CREATE TABLE prices_hand (LIKE prices_raw); "
             "CHECKPOINT;")
 
-    def load():
-        procs = [subprocess.Popen(PG + ["-d", db, "-c",
-                                        f"\\copy prices_hand FROM '{half}' CSV HEADER"])
-                 for half in halves]
-        for proc in procs:
-            if proc.wait() != 0:
-                raise RuntimeError("a \\copy stream failed")
-    steps = {"copy": timed(load)}
+    steps = {"copy": timed(lambda: parallel_copy(db, "prices_hand", halves))}
     steps["index"] = timed(lambda: sql(
         db, "CREATE INDEX prices_hand_route_day ON prices_hand (orig_code, dest_code, day)"))
     steps["foreign keys"] = timed(lambda: sql(

@@ -378,11 +378,11 @@ impl TestEnv {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + within;
-        while !check().await {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll(what, within, || {
+            let checked = check();
+            async move { checked.await.then_some(()) }
+        })
+        .await
     }
 
     /// `SELECT count(*) FROM prices`.
@@ -490,6 +490,23 @@ impl Drop for TestEnv {
         if cleaned.is_err() {
             eprintln!("cleanup of {} failed", self.db_name);
         }
+    }
+}
+
+/// Polls `probe` every 20 ms until it yields a value, or panics naming `what` after `within`:
+/// the one way tests wait for a condition (never a bare sleep).
+pub async fn poll<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

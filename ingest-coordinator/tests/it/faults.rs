@@ -8,7 +8,7 @@
 use ingest_coordinator::pipeline::commit::{self, Committed};
 use ingest_core::chunk::ChunkState;
 use ingest_core::{ledger, schema};
-use ingest_testkit::{rates_file, Options, TestEnv};
+use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, IdempotencyKey};
 use lapin::options::{BasicGetOptions, BasicRejectOptions, QueuePurgeOptions};
 use std::time::Duration;
@@ -382,26 +382,24 @@ async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
         .await
         .unwrap();
     let index_build = format!("%CREATE INDEX IF NOT EXISTS batch_{id}_route_day%");
-    let deadline = std::time::Instant::now() + FINAL_WITHIN;
-    loop {
-        let killed: i64 = watcher
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+    let (watcher, index_build) = (&watcher, &index_build);
+    poll(
+        "the commit to wait on the lock",
+        FINAL_WITHIN,
+        || async move {
+            let killed: i64 = watcher
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                  WHERE query LIKE $1 AND wait_event_type = 'Lock'",
-                &[&index_build],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if killed > 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the commit never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+                    &[index_build],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (killed > 0).then_some(())
+        },
+    )
+    .await;
     blocker.rollback().await.unwrap();
     env.base = format!("http://{}", running.addr);
     env.coordinator = Some(running);
@@ -468,20 +466,17 @@ async fn the_status_says_where_a_commit_is() {
 
 /// Polls the batch's status until its commit is at `step`.
 async fn wait_for_commit_step(env: &TestEnv, id: BatchId, step: CommitStep) -> BatchStatus {
-    let deadline = std::time::Instant::now() + FINAL_WITHIN;
-    loop {
-        let status = env.status(id).await;
-        if status
-            .commit
-            .as_ref()
-            .is_some_and(|commit| commit.step == step)
-        {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the commit never reached {step:?}: {status:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        &format!("the commit to reach {step:?}"),
+        FINAL_WITHIN,
+        || async move {
+            let status = env.status(id).await;
+            let reached = status
+                .commit
+                .as_ref()
+                .is_some_and(|commit| commit.step == step);
+            reached.then_some(status)
+        },
+    )
+    .await
 }

@@ -19,20 +19,16 @@ const OUTAGE: Duration = Duration::from_secs(4);
 /// Polls the test database (a connection of its own) until the batch has at least `chunks`
 /// chunks recorded: the upload is under way.
 async fn wait_for_chunks(database_url: &str, chunks: i64) {
-    let client = ingest_core::db::connect(database_url).await.unwrap();
-    let deadline = Instant::now() + FINAL_WITHIN;
-    loop {
+    let client = &ingest_core::db::connect(database_url).await.unwrap();
+    ingest_testkit::poll("the upload to start", FINAL_WITHIN, || async move {
         let recorded: i64 = client
             .query_one("SELECT count(*) FROM chunks", &[])
             .await
             .unwrap()
             .get(0);
-        if recorded >= chunks {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the upload did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (recorded >= chunks).then_some(())
+    })
+    .await;
 }
 
 /// Submits `rows` generated rows (seed `seed`, optional Idempotency-Key) as a slow client and,
