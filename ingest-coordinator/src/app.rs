@@ -18,7 +18,7 @@ use axum::{middleware, Router};
 use ingest_core::{broker, db, ledger, schema};
 use ingest_wire::ErrorCode;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -32,16 +32,13 @@ pub struct Running {
     pub state: AppState,
     shutdown: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
-    /// The background loops and the broker watch, joined on stop.
+    /// The background loops, joined on stop.
     tasks: Vec<JoinHandle<()>>,
-    /// Why the coordinator stopped by itself (RabbitMQ lost for good), if it did.
-    fatal: Arc<Mutex<Option<String>>>,
 }
 
 impl Running {
     /// Stops accepting requests and the loops, then waits for in-flight requests and for every
-    /// loop to finish its pass. Err when the coordinator had stopped by itself because a
-    /// dependency was lost for good.
+    /// loop to finish its pass.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let served = self.server.await;
@@ -49,10 +46,8 @@ impl Running {
             task.await.context("a background loop panicked")?;
         }
         served.context("the HTTP server panicked")??;
-        match self.fatal.lock().expect("not poisoned").take() {
-            Some(reason) => Err(anyhow::anyhow!(reason)),
-            None => Ok(()),
-        }
+        self.state.amqp.close("coordinator stopping").await;
+        Ok(())
     }
 
     /// Waits until `shutdown` fires (or the coordinator stops by itself), then stops.
@@ -76,14 +71,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     schema::migrate(&mut client).await?;
     drop(client);
     let pool = db::pool(&config.database_url, config.db_pool)?;
-    let amqp = broker::connect(
+    let amqp = broker::Link::open(
         &config.amqp_url,
         "ingest-coordinator",
         config.max_pause(),
         Duration::from_secs(config.ride_through_seconds),
     )
     .await?;
-    let channel = amqp.create_channel().await?;
+    let channel = amqp.channel().await?;
     broker::declare(&channel, &config.queue)
         .await
         .context("declaring the chunk queues")?;
@@ -104,15 +99,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .with_context(|| format!("cannot listen on {}", state.config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
-    let fatal = Arc::new(Mutex::new(None));
     let tasks = vec![
         tokio::spawn(loops::commit::run(state.clone(), shutdown.clone())),
         tokio::spawn(loops::redrive::run(state.clone(), shutdown.clone())),
-        tokio::spawn(stop_when_broker_lost(
-            state.amqp.clone(),
-            shutdown.clone(),
-            fatal.clone(),
-        )),
     ];
     let app = router(state.clone());
     let stop = shutdown.clone();
@@ -129,25 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         server,
         tasks,
-        fatal,
     })
-}
-
-/// Stops the coordinator, with a reason, once its RabbitMQ connection is lost for good (recovery
-/// ended instead of reconnecting): the binary then exits non-zero and its supervisor restarts it.
-async fn stop_when_broker_lost(
-    amqp: Arc<lapin::Connection>,
-    shutdown: CancellationToken,
-    fatal: Arc<Mutex<Option<String>>>,
-) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        reason = broker::until_lost_for_good(&amqp, None, Duration::from_secs(5)) => {
-            tracing::error!(reason, "stopping: RabbitMQ cannot come back by itself");
-            *fatal.lock().expect("not poisoned") = Some(reason.to_string());
-            shutdown.cancel();
-        }
-    }
 }
 
 /// Picks up what a stopped coordinator left: uploads cut off fail and free their keys (the

@@ -19,8 +19,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// PostgreSQL.
     pub pool: Pool,
-    /// RabbitMQ (recovers by itself).
-    pub amqp: Arc<lapin::Connection>,
+    /// RabbitMQ (a connection reopened when it broke).
+    pub amqp: Arc<ingest_core::broker::Link>,
     /// The durable copies of published chunks.
     pub spool: Spool,
     /// Wakes the commit loop when a batch finished receiving.

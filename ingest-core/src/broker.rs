@@ -1,10 +1,8 @@
 //! The RabbitMQ side: one connection per process and the queue topology both the coordinator and
 //! the workers declare, so either may start first.
 //!
-//! The connection recovers by itself (lapin's recovery) after a broker outage of any length: it
-//! reconnects with capped, jittered pauses and no limit on the tries, then reopens channels and
-//! consumers. What recovery cannot mend (a channel or consumer the broker closed, recovery that
-//! stopped) the processes notice and exit on, non-zero, so their supervisor starts them afresh.
+//! The connection is a [`Link`]: after a broker outage of any length the process opens a new one
+//! itself, and its users open new channels (and the worker a new consumer) on it.
 //!
 //! Topology, all named after the chunk queue (default `ingest.chunks`):
 //! - `{queue}`: durable quorum queue, fed through the default exchange with routing key
@@ -13,7 +11,11 @@
 //! - `{queue}.dead`: durable queue that receives what `{queue}` dead-letters (rejected without
 //!   requeue, or over the delivery limit), for an operator to look at and re-drive.
 
-use backon::ExponentialBuilder;
+mod link;
+
+pub use link::Link;
+
+use crate::fault::Fault;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -28,32 +30,21 @@ pub const DEFAULT_QUEUE: &str = "ingest.chunks";
 /// Deliveries of one message before RabbitMQ dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// Connects to RabbitMQ, waiting at most `first_within` for the broker to answer, with automatic
-/// recovery afterwards: reconnects after any outage, pausing between tries from 100 ms up to
-/// `max_pause` (jittered), with no limit on the number of tries.
-pub async fn connect(
-    url: &str,
-    name: &str,
-    max_pause: Duration,
-    first_within: Duration,
-) -> anyhow::Result<Connection> {
-    let reconnect = ExponentialBuilder::default()
-        .with_min_delay(max_pause.min(Duration::from_millis(100)))
-        .with_max_delay(max_pause)
-        .with_jitter()
-        .without_max_times();
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .with_backoff(reconnect)
-        .enable_auto_recover();
-    match tokio::time::timeout(first_within, Connection::connect(url, properties)).await {
+/// One connection attempt as `name`, bounded by `within`, without lapin's automatic recovery
+/// ([`Link`] reconnects instead).
+pub async fn connect(url: &str, name: &str, within: Duration) -> Result<Connection, Fault> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    match tokio::time::timeout(within, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(error)) => anyhow::bail!("cannot connect to RabbitMQ at {}: {error}", redact(url)),
-        Err(_) => anyhow::bail!(
+        Ok(Err(error)) => Err(Fault::outage(format!(
+            "cannot connect to RabbitMQ at {}: {error}",
+            redact(url)
+        ))),
+        Err(_) => Err(Fault::outage(format!(
             "cannot connect to RabbitMQ at {}: no answer within {} s",
             redact(url),
-            first_within.as_secs()
-        ),
+            within.as_secs()
+        ))),
     }
 }
 
@@ -124,45 +115,4 @@ pub async fn delete(channel: &Channel, queue: &str) -> anyhow::Result<()> {
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     crate::db::redact(url)
-}
-
-/// Why the connection, or `channel` on it, cannot come back by itself, if it cannot: the
-/// connection closed or errored instead of recovering, or the broker closed the channel (for
-/// example after `consumer_timeout`) while the connection is up.
-pub fn lost_for_good(connection: &Connection, channel: Option<&Channel>) -> Option<&'static str> {
-    let status = connection.status();
-    if status.closed() || status.errored() {
-        return Some("the RabbitMQ connection closed and is not recovering");
-    }
-    let channel_gone = channel.is_some_and(|channel| {
-        let status = channel.status();
-        !(status.connected() || status.reconnecting() || status.initializing())
-    });
-    if status.connected() && channel_gone {
-        return Some("RabbitMQ closed this process's channel");
-    }
-    None
-}
-
-/// Resolves once [`lost_for_good`] has held for `grace` without a break, with its reason; checks
-/// every half second. A process selects on this and exits non-zero, so its supervisor starts it
-/// afresh instead of leaving a process that no longer works.
-pub async fn until_lost_for_good(
-    connection: &Connection,
-    channel: Option<&Channel>,
-    grace: Duration,
-) -> &'static str {
-    let mut since: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        match lost_for_good(connection, channel) {
-            None => since = None,
-            Some(reason) => {
-                let first = *since.get_or_insert_with(tokio::time::Instant::now);
-                if first.elapsed() >= grace {
-                    return reason;
-                }
-            }
-        }
-    }
 }

@@ -56,16 +56,17 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| broker::DEFAULT_AMQP_URL.into())
 }
 
-/// A connection to the tests' broker, for looking at queues.
+/// A connection to the tests' broker, for looking at queues (tried for up to 30 s: the broker
+/// may be coming back from an outage a test made).
 pub async fn amqp_connection(name: &str) -> lapin::Connection {
-    broker::connect(
-        &amqp_url(),
-        name,
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("amqp")
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match broker::connect(&amqp_url(), name, Duration::from_secs(5)).await {
+            Ok(connection) => return connection,
+            Err(fault) if std::time::Instant::now() > deadline => panic!("amqp: {fault}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
 }
 
 /// How a test wants its environment.
@@ -139,6 +140,14 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh database (migrated, seeded), fresh queues, the coordinator and the workers.
     pub async fn start(options: Options) -> TestEnv {
+        // The in-process coordinator's and workers' logs, shown by nextest when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,ingest_coordinator=info,ingest_worker=info".into()),
+            )
+            .with_test_writer()
+            .try_init();
         let turn = outage::Turn::take(options.exclusive);
         let suffix: u64 = rand::rng().random();
         let db_name = format!("ingest_test_{suffix:x}");
@@ -471,14 +480,12 @@ impl Drop for TestEnv {
                             ))
                             .await;
                     }
-                    if let Ok(connection) = broker::connect(
-                        &amqp_url(),
-                        "test cleanup",
-                        Duration::from_secs(1),
+                    let connection = tokio::time::timeout(
                         Duration::from_secs(30),
+                        amqp_connection("test cleanup"),
                     )
-                    .await
-                    {
+                    .await;
+                    if let Ok(connection) = connection {
                         if let Ok(channel) = connection.create_channel().await {
                             let _ = broker::delete(&channel, &queue).await;
                         }

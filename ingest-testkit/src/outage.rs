@@ -74,6 +74,29 @@ impl Services {
     }
 }
 
+/// Makes RabbitMQ close every channel of the connection named `connection_name` (a channel-level
+/// error, as the broker raises for an unknown delivery tag), leaving the connection up; returns
+/// how many it closed. Touches only that client, so it needs no exclusive turn.
+pub fn close_channels_of(connection_name: &str) -> usize {
+    let erlang = format!(
+        "Name = <<\"{connection_name}\">>, \
+         length([rabbit_channel:do(Ch, {{'basic.ack', 999999999, false}}) \
+                 || Ch <- rabbit_channel:list(), \
+                    [{{connection, Conn}}] <- [rabbit_channel:info(Ch, [connection])], \
+                    [{{client_properties, Props}}] <- [rabbit_reader:info(Conn, [client_properties])], \
+                    lists:member({{<<\"connection_name\">>, longstr, Name}}, Props)])."
+    );
+    let output = Command::new("rabbitmqctl")
+        .args(["-q", "eval", &erlang])
+        .output()
+        .expect("rabbitmqctl eval");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("rabbitmqctl eval said {output:?}"))
+}
+
 impl Drop for Services {
     fn drop(&mut self) {
         if !postgres_answers() {

@@ -46,8 +46,8 @@ pub struct Config {
     #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
     pub backoff_max_ms: u64,
 
-    /// How long to wait for RabbitMQ at start, in seconds (afterwards the connection recovers
-    /// from outages of any length by itself).
+    /// How long to wait for RabbitMQ at start, in seconds (afterwards the worker reconnects
+    /// after outages of any length by itself).
     #[arg(long, env = "INGEST_CONNECT_SECONDS", default_value_t = 120)]
     pub connect_seconds: u64,
 

@@ -7,30 +7,28 @@
 //! Faults:
 //! - PostgreSQL away: the delivery stays in hand and the load is tried again with growing
 //!   pauses, for as long as it takes (the delivery limit is not spent on an outage);
-//! - RabbitMQ away: the connection recovers by itself (see [`ingest_core::broker`]) and the
-//!   consumer resumes; unacknowledged deliveries come back from the broker;
-//! - the broker cancelled the consumer or closed the channel, or recovery stopped: the worker
-//!   stops and `run` returns the reason, so the binary exits non-zero and its supervisor starts
-//!   a fresh one.
+//! - RabbitMQ away, or the worker's channel or connection broken: the worker subscribes again
+//!   on a new connection ([`crate::subscribe`]) with growing pauses, for as long as it takes;
+//!   what it had not acknowledged RabbitMQ delivers again, and the ledger makes that harmless;
+//! - the chunk queue deleted under it: the worker stops and `run` returns the reason, so the
+//!   binary exits non-zero with one line.
 
 use crate::config::Config;
 use crate::health::Health;
 use crate::load::{self, Outcome};
+use crate::subscribe::{Next, Subscription};
 use anyhow::Context;
 use bytes::Bytes;
 use deadpool_postgres::Pool;
-use futures_util::StreamExt;
+use ingest_core::broker::Link;
 use ingest_core::chunk::ChunkMessage;
+use ingest_core::db;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
 use ingest_core::metrics as m;
 use ingest_core::outage::Patience;
-use ingest_core::{broker, db};
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,10 +37,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-/// How long the connection or channel must stay lost for good before the worker gives up.
-const LOST_GRACE: Duration = Duration::from_secs(5);
+/// How often the loop looks around when no delivery comes (to subscribe again when it lost its
+/// consumer).
+const TICK: Duration = Duration::from_millis(500);
 
-/// Runs the worker until `shutdown`. Err when it had to stop by itself (RabbitMQ lost for good).
+/// Runs the worker until `shutdown`. Err when it had to stop by itself (its queue deleted).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.check()?;
     ingest_core::metrics::recorder();
@@ -51,8 +50,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let pool = db::pool(&config.database_url, config.concurrency + 1)?;
-    let amqp = Arc::new(
-        broker::connect(
+    let link = Arc::new(
+        Link::open(
             &config.amqp_url,
             &format!("ingest-worker {worker}"),
             config.max_pause(),
@@ -60,20 +59,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )
         .await?,
     );
-    let channel = amqp.create_channel().await?;
-    broker::declare(&channel, &config.queue).await?;
-    channel
-        .basic_qos(config.prefetch_count(), BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            config.queue.as_str().into(),
-            worker.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let health = Health::new(amqp.clone(), channel.clone(), pool.clone());
+    let subscribe = || Subscription::open(&link, &config.queue, &worker, config.prefetch_count());
+    let mut subscription = Some(subscribe().await?);
+    let health = Health::new(pool.clone());
     health.set_consuming(true);
     let listening = listener.local_addr()?;
     let stop_listening = CancellationToken::new();
@@ -86,30 +74,58 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let mut in_hand = JoinSet::new();
-    let lost = broker::until_lost_for_good(&amqp, Some(&channel), LOST_GRACE);
-    tokio::pin!(lost);
+    let mut tick = tokio::time::interval(TICK);
+    let mut pauses = Patience::endless(config.max_pause()).pauses();
+    let mut next_try = tokio::time::Instant::now();
     let mut fatal = None;
     loop {
-        let delivery = tokio::select! {
+        let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            reason = &mut lost => {
-                fatal = Some(reason.to_string());
-                break;
-            }
-            delivery = consumer.next() => delivery,
+            _ = tick.tick() => None,
+            next = async {
+                match subscription.as_mut() {
+                    Some(subscription) => subscription.next(&link, &config.queue).await,
+                    None => std::future::pending().await,
+                }
+            } => Some(next),
         };
         while in_hand.try_join_next().is_some() {}
-        let delivery = match delivery {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => {
-                // A connection outage: lapin recovers the connection and the consumer.
-                tracing::warn!(%error, "consumer error; waiting for RabbitMQ to come back");
+        let delivery = match next {
+            None => {
+                if subscription.is_none() && tokio::time::Instant::now() >= next_try {
+                    match subscribe().await {
+                        Ok(fresh) => {
+                            tracing::info!(%worker, "consuming again");
+                            subscription = Some(fresh);
+                            pauses = Patience::endless(config.max_pause()).pauses();
+                            health.set_consuming(true);
+                        }
+                        Err(fault) => {
+                            let pause = pauses.next().unwrap_or(config.max_pause());
+                            tracing::warn!(%worker, %fault, ?pause, "cannot subscribe yet; trying again");
+                            next_try = tokio::time::Instant::now() + pause;
+                        }
+                    }
+                }
                 continue;
             }
-            None => {
-                fatal = Some(
-                    "RabbitMQ cancelled this worker's consumer (was the queue deleted?)".into(),
-                );
+            Some(Next::Delivery(delivery)) => *delivery,
+            Some(Next::Broken(reason)) => {
+                tracing::warn!(%worker, %reason, "lost the chunk queue's consumer; subscribing again");
+                if let Some(broken) = subscription.take() {
+                    if broken.is_open() {
+                        broken.close().await;
+                    }
+                }
+                health.set_consuming(false);
+                next_try = tokio::time::Instant::now();
+                continue;
+            }
+            Some(Next::QueueGone) => {
+                fatal = Some(format!(
+                    "RabbitMQ cancelled this worker's consumer: the queue {} was deleted",
+                    config.queue
+                ));
                 break;
             }
         };
@@ -129,9 +145,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     health.set_consuming(false);
     tracing::info!(%worker, in_hand = in_hand.len(), "worker draining");
-    let _ = channel
-        .basic_cancel(worker.as_str().into(), BasicCancelOptions::default())
-        .await;
+    if let Some(subscription) = &subscription {
+        subscription.cancel().await;
+    }
     let drained = tokio::time::timeout(config.drain(), async {
         while in_hand.join_next().await.is_some() {}
     })
@@ -140,13 +156,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         tracing::warn!(%worker, "drain deadline passed; RabbitMQ will redeliver what was in hand");
         in_hand.abort_all();
     }
-    let _ = channel.close(200, "worker stopping".into()).await;
-    let _ = amqp.close(200, "worker stopping".into()).await;
+    if let Some(subscription) = &subscription {
+        subscription.close().await;
+    }
+    link.close("worker stopping").await;
     stop_listening.cancel();
     served.await.context("the health listener panicked")??;
     match fatal {
         Some(reason) => {
-            tracing::error!(%worker, %reason, "worker stopped: RabbitMQ cannot come back by itself");
+            tracing::error!(%worker, %reason, "worker stopped");
             Err(anyhow::anyhow!(reason))
         }
         None => {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod consume;
 pub mod health;
 pub mod load;
+pub mod subscribe;
 
 pub use config::Config;
 pub use consume::run;

@@ -39,7 +39,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
     };
     let readiness = Readiness {
         postgres,
-        rabbitmq: app.amqp.status().connected(),
+        rabbitmq: app.amqp.ensure().await,
         spool: app.spool.is_writable().await,
     };
     let status = if readiness.is_ready() {

@@ -45,7 +45,7 @@ async fn read_batches(app: &AppState) {
 /// The chunk queue and the dead-letter queue, as RabbitMQ reports them (left as they were when
 /// it does not answer).
 async fn read_queues(app: &AppState) {
-    let Ok(channel) = app.amqp.create_channel().await else {
+    let Ok(channel) = app.amqp.channel().await else {
         return;
     };
     let queue = &app.config.queue;

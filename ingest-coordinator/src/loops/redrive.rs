@@ -101,7 +101,7 @@ pub async fn redrive(app: &AppState, after: Duration) -> Result<usize, Fault> {
 /// True when the chunk queue holds no message ready for a worker: a chunk still `queued` then has
 /// no message on its way.
 async fn queue_holds_nothing_ready(app: &AppState) -> Result<bool, Fault> {
-    let channel = app.amqp.create_channel().await?;
+    let channel = app.amqp.channel().await?;
     let depth = broker::depth(&channel, &app.config.queue).await;
     let _ = channel.close(200, "looked".into()).await;
     Ok(depth?.0 == 0)

@@ -11,12 +11,13 @@
 use super::split::Chunk;
 use crate::state::AppState;
 use ingest_core::batch::BatchId;
+use ingest_core::broker::Link;
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, ChunkRecord};
 use ingest_core::outage::{ride_through, Patience};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use lapin::{Confirmation, PublisherConfirm};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -28,7 +29,7 @@ const IN_FLIGHT: usize = 16;
 /// Publishes chunks to the chunk queue on a channel in confirm mode, opened when first needed and
 /// opened again after it broke.
 pub struct Publisher {
-    amqp: Arc<Connection>,
+    amqp: Arc<Link>,
     /// The channel in use (a lapin channel is a cheap handle: it is cloned out to publish).
     channel: Mutex<Option<Channel>>,
     queue: String,
@@ -50,7 +51,7 @@ impl Publisher {
         if let Some(channel) = open.filter(|channel| channel.status().connected()) {
             return Ok(channel);
         }
-        let channel = self.amqp.create_channel().await?;
+        let channel = self.amqp.channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;

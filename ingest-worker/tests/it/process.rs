@@ -1,9 +1,9 @@
 //! The `ingest-worker` process as an operator meets it, against a real coordinator: when the
-//! broker closes its connection (as a broker restart does) it comes back by itself and loads
-//! again; when the broker cancels its consumer for good (its queue deleted) it exits non-zero
-//! with one line, so its supervisor starts a fresh one instead of keeping a worker that does
-//! nothing.
+//! broker closes its connection (as a broker restart does) or only its channel, it subscribes
+//! again by itself and loads again; when its queue is deleted it exits non-zero with one line,
+//! instead of staying up as a worker that does nothing.
 
+use ingest_testkit::outage::close_channels_of;
 use ingest_testkit::process::start_worker;
 use ingest_testkit::{Options, TestEnv};
 use ingest_wire::BatchState;
@@ -27,7 +27,7 @@ fn connection_pid(name: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_connection_comes_back_and_a_cancelled_consumer_ends_the_worker() {
+async fn a_closed_connection_comes_back_and_a_deleted_queue_ends_the_worker() {
     let env = TestEnv::start(Options {
         workers: 0,
         ..Options::default()
@@ -81,7 +81,45 @@ async fn a_closed_connection_comes_back_and_a_cancelled_consumer_ends_the_worker
     let logs = worker.logs();
     let last = logs.lines().last().unwrap_or_default();
     assert_eq!(
-        last, "ingest-worker: RabbitMQ cancelled this worker's consumer (was the queue deleted?)",
+        last,
+        format!(
+            "ingest-worker: RabbitMQ cancelled this worker's consumer: the queue {} was deleted",
+            env.queue
+        ),
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_broker_closed_is_replaced_and_the_worker_loads_again() {
+    let env = TestEnv::start(Options {
+        workers: 0,
+        ..Options::default()
+    })
+    .await;
+    let name = format!("proc-{}", env.queue);
+    let mut worker = start_worker(EXE, &env, &name, "127.0.0.1:0");
+    env.wait_until("the worker to consume", WITHIN, || async {
+        env.consumers().await == 1
+    })
+    .await;
+    let connection = connection_pid(&name).expect("the worker's connection");
+
+    // The broker closes the worker's channel (not its connection), twice.
+    for closed in 1..=2 {
+        assert_eq!(close_channels_of(&format!("ingest-worker {name}")), 1);
+        env.wait_until("the worker to subscribe again", WITHIN, || async {
+            worker.logs().matches("consuming again").count() == closed
+        })
+        .await;
+        assert_eq!(env.consumers().await, 1);
+    }
+    assert_eq!(connection_pid(&name), Some(connection), "same connection");
+    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
+    let (code, accepted) = env.submit(file).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let status = env.wait_final(accepted.id(), WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(env.prices_count().await, 56_689);
+    assert!(worker.is_running(), "{}", worker.logs());
 }
