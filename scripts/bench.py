@@ -11,6 +11,11 @@ Methods (each on a fresh table, after TRUNCATE and CHECKPOINT; median of --runs)
   pipeline        ingest submit → committed, coordinator + W workers (release binaries); phases
                   from the ledger and the status; peak RSS of every process
 
+Then, readers as batches pile up (--batches, default 300): that many small batches through the
+pipeline with merging off, the ratestask rates query's planning and execution time over one
+partition per batch, then `ingest-coordinator merge` down to --partitions-max and the same query
+again (median of 7 EXPLAIN ANALYZE each).
+
 Prints one table, and writes results.json and chart.png into --out.
 """
 
@@ -246,6 +251,106 @@ def pipeline(path, rows, workers, out):
 
 # --- the run ----------------------------------------------------------------------------------
 
+# The ratestask rates query: the average price per day from a port to every port of a region
+# (regions nest), null on days with fewer than 3 prices.
+RATES_QUERY = """
+WITH RECURSIVE dest_regions AS (
+    SELECT slug FROM regions WHERE slug = 'north_europe_main'
+    UNION SELECT r.slug FROM regions r JOIN dest_regions d ON r.parent_slug = d.slug),
+  dest_ports AS (SELECT code FROM ports WHERE parent_slug IN (SELECT slug FROM dest_regions))
+SELECT d::date AS day,
+       CASE WHEN count(p.price) >= 3 THEN round(avg(p.price)) END AS average_price
+FROM generate_series('2016-01-01'::date, '2016-01-10'::date, '1 day') d
+LEFT JOIN prices p ON p.day = d::date AND p.orig_code = 'CNSGH'
+                  AND p.dest_code IN (SELECT code FROM dest_ports)
+GROUP BY d ORDER BY d"""
+
+
+def rates_query_ms(db):
+    """Median planning and execution time of the rates query (ms), over 7 runs after one warm-up."""
+    plans = []
+    for _ in range(8):
+        out = sql(db, "EXPLAIN (ANALYZE, FORMAT JSON) " + RATES_QUERY)
+        plans.append(json.loads(out)[0])
+    plans = plans[1:]
+    return (median([plan["Planning Time"] for plan in plans]),
+            median([plan["Execution Time"] for plan in plans]))
+
+
+def partitions_bench(path, batches, rows_each, partitions_max, out):
+    """`batches` small batches through the pipeline (merging off), the rates query, a merge down
+    to `partitions_max`, the rates query again."""
+    db, port, queue = "bench_partitions", 18581, f"ingest.bench.p{os.getpid()}"
+    fresh_db(db)
+    spool = tempfile.mkdtemp(prefix="bench-spool-")
+    files = tempfile.mkdtemp(prefix="bench-batches-")
+    env = dict(os.environ,
+               DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
+               INGEST_QUEUE=queue, INGEST_LISTEN=f"127.0.0.1:{port}",
+               INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=spool,
+               RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50",
+               INGEST_PARTITIONS_MAX="1000000")
+    env.pop("INGEST_TOKEN", None)
+    with open(path) as f:
+        header = f.readline()
+        for n in range(batches):
+            with open(os.path.join(files, f"batch-{n}.csv"), "w") as part:
+                part.write(header)
+                for _ in range(rows_each):
+                    part.write(f.readline())
+    subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
+                    os.path.join(ROOT, "data", "ratestask")], env=env, check=True,
+                   capture_output=True)
+    logs = open(os.path.join(out, "partitions.log"), "a")
+    procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=env, stdout=logs,
+                              stderr=logs)]
+    for n in range(2):
+        procs.append(subprocess.Popen([f"{RELEASE}/ingest-worker"], stdout=logs, stderr=logs,
+                                      env=dict(env, INGEST_WORKER_NAME=f"bench-p{n}",
+                                               INGEST_WORKER_LISTEN="127.0.0.1:0")))
+    try:
+        for n in range(batches):
+            submit = subprocess.run([f"{RELEASE}/ingest", "submit",
+                                     os.path.join(files, f"batch-{n}.csv")], env=env,
+                                    capture_output=True, text=True)
+            if submit.returncode != 0:
+                raise RuntimeError("ingest submit failed: " + submit.stderr)
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=60)
+        count = int(sql(db, "SELECT count(*) FROM prices WHERE true"))
+        if count != batches * rows_each:
+            raise RuntimeError(f"prices holds {count} rows, not {batches * rows_each}")
+        partitions_sql = ("SELECT count(*) FROM pg_inherits "
+                          "WHERE inhparent = 'prices_by_batch'::regclass")
+        before = int(sql(db, partitions_sql))
+        plan_before, run_before = rates_query_ms(db)
+        started = time.monotonic()
+        subprocess.run([f"{RELEASE}/ingest-coordinator", "merge", "--partitions-max",
+                        str(partitions_max)], env=env, check=True, capture_output=True)
+        merge_seconds = time.monotonic() - started
+        after = int(sql(db, partitions_sql))
+        plan_after, run_after = rates_query_ms(db)
+        if int(sql(db, "SELECT count(*) FROM prices WHERE true")) != count:
+            raise RuntimeError("the merge changed the number of rows")
+        return {"batches": batches, "rows_each": rows_each,
+                "partitions_before": before, "planning_ms_before": plan_before,
+                "execution_ms_before": run_before, "merge_seconds": merge_seconds,
+                "partitions_after": after, "planning_ms_after": plan_after,
+                "execution_ms_after": run_after}
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        sql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue + ".dead"],
+                       capture_output=True)
+        shutil.rmtree(spool, ignore_errors=True)
+        shutil.rmtree(files, ignore_errors=True)
+        logs.close()
+
+
 def median(values):
     return statistics.median(values) if values else None
 
@@ -258,7 +363,14 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default=os.path.join(ROOT, "target", "bench"))
     parser.add_argument("--no-pgloader", action="store_true")
+    parser.add_argument("--batches", type=int, default=300,
+                        help="small batches for the readers' part (0: skip it)")
+    parser.add_argument("--partitions-max", type=int, default=8)
+    parser.add_argument("--skip", default="",
+                        help="comma-separated baselines not to run: psql, raw, hand "
+                             "(for a memory run at a size where psql \\copy takes too long)")
     args = parser.parse_args()
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
     data = os.path.join(ROOT, "data", "ratestask")
@@ -268,7 +380,7 @@ def main():
         subprocess.run([sys.executable, os.path.join(HERE, "rates.py"), "generate",
                         str(args.rows), "7", f"{data}/ports.csv", path + ".tmp"], check=True)
         os.rename(path + ".tmp", path)
-    halves = split_in_two(path)
+    halves = split_in_two(path) if {"raw", "hand"} - skip else None
     db = "bench_published"
     published_schema(db, data)
 
@@ -279,11 +391,14 @@ def main():
     hand_steps, pipeline_runs = [], []
     for run in range(1, args.runs + 1):
         print(f"bench: run {run} of {args.runs}", flush=True)
-        samples["psql \\copy"].append(psql_copy(db, path))
-        samples["raw 2x \\copy"].append(raw_parallel(db, halves))
-        steps = by_hand(db, halves)
-        hand_steps.append(steps)
-        samples["by hand"].append(steps["total"])
+        if "psql" not in skip:
+            samples["psql \\copy"].append(psql_copy(db, path))
+        if "raw" not in skip:
+            samples["raw 2x \\copy"].append(raw_parallel(db, halves))
+        if "hand" not in skip:
+            steps = by_hand(db, halves)
+            hand_steps.append(steps)
+            samples["by hand"].append(steps["total"])
         if not args.no_pgloader:
             seconds, loaded = pgloader(db, path)
             if loaded != args.rows:
@@ -306,11 +421,12 @@ def main():
         results["methods"][name] = {"seconds": seconds, "samples": values,
                                     "rows_per_second": args.rows / seconds}
         print(f"{name:<28} {seconds:>9.2f} {args.rows / seconds:>12,.0f} "
-              f"{psql / seconds:>8.2f}x {raw / seconds:>7.2f}x")
+              f"{ratio(psql, seconds):>9} {ratio(raw, seconds):>8}")
     phases = {key: median([run[key] for run in pipeline_runs])
               for key in ["upload", "load", "index", "fk validation + attach", "commit",
                           "time to visible", "time to indexed"]}
-    hand = {key: median([steps[key] for steps in hand_steps]) for key in hand_steps[0]}
+    hand = ({key: median([steps[key] for steps in hand_steps]) for key in hand_steps[0]}
+            if hand_steps else {})
     results["pipeline_phases"] = phases
     results["by_hand_steps"] = hand
     rss_coordinator = max(run["rss_coordinator_mib"] for run in pipeline_runs)
@@ -321,17 +437,37 @@ def main():
     print("pipeline phases (seconds from the submit):")
     for key, value in phases.items():
         print(f"  {key:<24} {value:8.2f}")
-    print("by hand (seconds): " + ", ".join(f"{key} {value:.2f}" for key, value in hand.items()))
+    if hand:
+        print("by hand (seconds): "
+              + ", ".join(f"{key} {value:.2f}" for key, value in hand.items()))
     visible = phases["time to visible"]
-    print(f"time to visible: {psql / visible:.1f}x faster than psql \\copy, "
-          f"{raw / visible:.2f}x the raw limit; time to indexed: "
-          f"{phases['time to indexed'] / hand['total']:.2f}x the best by hand")
+    print(f"time to visible: {ratio(psql, visible)} faster than psql \\copy, "
+          f"{ratio(raw, visible)} the raw limit; time to indexed: "
+          f"{ratio(phases['time to indexed'], hand.get('total'))} the best by hand")
     print(f"peak RSS: coordinator {rss_coordinator} MiB, workers "
           + ", ".join(f"{mib} MiB" for mib in rss_workers))
+    if args.batches:
+        rows_each = max(1, min(1000, args.rows // args.batches))
+        print(f"bench: {args.batches} batches of {rows_each} rows, then a merge", flush=True)
+        readers = partitions_bench(path, args.batches, rows_each, args.partitions_max, args.out)
+        results["readers"] = readers
+        print(f"rates query over {readers['partitions_before']} partitions: planning "
+              f"{readers['planning_ms_before']:.2f} ms, execution "
+              f"{readers['execution_ms_before']:.2f} ms; merged to "
+              f"{readers['partitions_after']} in {readers['merge_seconds']:.1f} s: planning "
+              f"{readers['planning_ms_after']:.2f} ms, execution "
+              f"{readers['execution_ms_after']:.2f} ms")
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     chart(results, os.path.join(args.out, "chart.png"))
     print(f"results: {args.out}/results.json, {args.out}/chart.png")
+
+
+def ratio(numerator, denominator):
+    """`numerator / denominator` as "1.23x", or "-" when a side was not measured."""
+    if numerator is None or not denominator:
+        return "-"
+    return f"{numerator / denominator:.2f}x"
 
 
 def split_in_two(path):

@@ -102,6 +102,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let tasks = vec![
         tokio::spawn(loops::commit::run(state.clone(), shutdown.clone())),
         tokio::spawn(loops::redrive::run(state.clone(), shutdown.clone())),
+        tokio::spawn(loops::merge::run(state.clone(), shutdown.clone())),
     ];
     let app = router(state.clone());
     let stop = shutdown.clone();

@@ -83,6 +83,24 @@ pub struct Config {
     #[arg(long, env = "INGEST_REDRIVE_POLL_MS", default_value_t = 1000)]
     pub redrive_poll_ms: u64,
 
+    /// Partitions `prices_by_batch` may have before the smallest are merged (down to half this):
+    /// reads that do not filter on the batch plan over every partition.
+    #[arg(long, env = "INGEST_PARTITIONS_MAX", default_value_t = 64)]
+    pub partitions_max: usize,
+
+    /// Partitions this big or bigger (bytes, with their index) are never merged again.
+    #[arg(long, env = "INGEST_MERGE_MAX_BYTES", default_value_t = 1 << 30)]
+    pub merge_max_bytes: u64,
+
+    /// How long a merge waits for a lock on `prices_by_batch` before it gives up and tries
+    /// later (a reader waits at most about this long for a merge), in milliseconds.
+    #[arg(long, env = "INGEST_MERGE_LOCK_MS", default_value_t = 1000)]
+    pub merge_lock_ms: u64,
+
+    /// How often the coordinator counts partitions to merge, in milliseconds.
+    #[arg(long, env = "INGEST_MERGE_POLL_MS", default_value_t = 5000)]
+    pub merge_poll_ms: u64,
+
     /// PostgreSQL connections in the coordinator's pool.
     #[arg(long, env = "INGEST_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
@@ -138,6 +156,16 @@ impl Config {
                 self.backoff_max_ms,
             ),
             ("--db-pool (INGEST_DB_POOL)", self.db_pool as u64),
+            (
+                "--partitions-max (INGEST_PARTITIONS_MAX)",
+                self.partitions_max as u64,
+            ),
+            ("--merge-lock-ms (INGEST_MERGE_LOCK_MS)", self.merge_lock_ms),
+            (
+                "--merge-max-bytes (INGEST_MERGE_MAX_BYTES)",
+                self.merge_max_bytes,
+            ),
+            ("--merge-poll-ms (INGEST_MERGE_POLL_MS)", self.merge_poll_ms),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             anyhow::bail!("{name} must be at least 1");
@@ -175,6 +203,21 @@ impl Config {
         Duration::from_millis(self.commit_poll_ms)
     }
 
+    /// The merge loop's period.
+    pub fn merge_poll(&self) -> Duration {
+        Duration::from_millis(self.merge_poll_ms)
+    }
+
+    /// Partitions at least this big are not merged.
+    pub fn merge_max_bytes(&self) -> i64 {
+        i64::try_from(self.merge_max_bytes).unwrap_or(i64::MAX)
+    }
+
+    /// How long a merge waits for a lock.
+    pub fn merge_lock(&self) -> Duration {
+        Duration::from_millis(self.merge_lock_ms)
+    }
+
     /// The redrive loop's period.
     pub fn redrive_poll(&self) -> Duration {
         Duration::from_millis(self.redrive_poll_ms)
@@ -201,6 +244,10 @@ impl fmt::Debug for Config {
             .field("redrive_after_seconds", &self.redrive_after_seconds)
             .field("commit_poll_ms", &self.commit_poll_ms)
             .field("redrive_poll_ms", &self.redrive_poll_ms)
+            .field("partitions_max", &self.partitions_max)
+            .field("merge_max_bytes", &self.merge_max_bytes)
+            .field("merge_lock_ms", &self.merge_lock_ms)
+            .field("merge_poll_ms", &self.merge_poll_ms)
             .field("db_pool", &self.db_pool)
             .finish()
     }

@@ -1,4 +1,5 @@
-//! `ingest-coordinator`: serves the ingest API (the default), or seeds the reference data.
+//! `ingest-coordinator`: serves the ingest API (the default), seeds the reference data, or
+//! merges partitions down to a bound at once (what the running coordinator does by itself).
 
 use clap::{Parser, Subcommand};
 use ingest_coordinator::config::Config;
@@ -27,6 +28,8 @@ enum Command {
         #[arg(long, default_value = "data/ratestask")]
         data_dir: PathBuf,
     },
+    /// Merge the partitions of prices_by_batch down to --partitions-max now, then exit.
+    Merge,
 }
 
 #[tokio::main]
@@ -36,6 +39,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Seed { data_dir } => seed(cli.config, data_dir).await,
+        Command::Merge => merge(cli.config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,4 +66,29 @@ async fn seed(config: Config, data_dir: PathBuf) -> anyhow::Result<()> {
         data_dir.display()
     );
     Ok(())
+}
+
+async fn merge(config: Config) -> anyhow::Result<()> {
+    config.check()?;
+    let mut client = ingest_core::db::connect(&config.database_url).await?;
+    ingest_core::schema::migrate(&mut client).await?;
+    loop {
+        let (count, merged) = ingest_coordinator::pipeline::merge::pass(
+            &mut client,
+            config.partitions_max,
+            config.merge_max_bytes(),
+            config.merge_lock(),
+        )
+        .await?;
+        match merged {
+            Some(merged) => println!(
+                "merged {} partitions ({} batches, {} rows) into {}",
+                merged.partitions, merged.batches, merged.rows, merged.table
+            ),
+            None => {
+                println!("{count} partitions (at most {})", config.partitions_max);
+                return Ok(());
+            }
+        }
+    }
 }

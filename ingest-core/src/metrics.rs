@@ -45,6 +45,10 @@ pub const QUEUE_MESSAGES: &str = "ingest_queue_messages";
 pub const QUEUE_CONSUMERS: &str = "ingest_queue_consumers";
 /// Chunks a worker holds now (gauge, worker).
 pub const CHUNKS_IN_HAND: &str = "ingest_worker_chunks_in_hand";
+/// Gauge: partitions of `prices_by_batch`, as the merge loop last counted them.
+pub const PARTITIONS: &str = "ingest_partitions";
+/// Counter: partition merges, by outcome (`merged`, `outage`).
+pub const MERGES: &str = "ingest_partition_merges_total";
 
 /// Histogram buckets for times, in seconds: 5 ms to 5 minutes.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -112,4 +116,9 @@ fn describe() {
         "Consumers of a queue, as the coordinator sees it."
     );
     describe_gauge!(CHUNKS_IN_HAND, "Chunks this worker holds.");
+    describe_gauge!(
+        PARTITIONS,
+        "Partitions of prices_by_batch (merged down to a bound)."
+    );
+    describe_counter!(MERGES, "Partition merges by outcome.");
 }

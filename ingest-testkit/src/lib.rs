@@ -90,6 +90,8 @@ pub struct Options {
     pub max_attempts: u32,
     /// The commit loop's period.
     pub commit_poll_ms: u64,
+    /// Partitions before the smallest are merged.
+    pub partitions_max: usize,
     /// This test stops PostgreSQL or RabbitMQ: it runs alone (an exclusive lock that every other
     /// test environment takes shared).
     pub exclusive: bool,
@@ -107,6 +109,7 @@ impl Default for Options {
             redrive_after_seconds: 30.0,
             max_attempts: 5,
             commit_poll_ms: 50,
+            partitions_max: 64,
             exclusive: false,
         }
     }
@@ -174,6 +177,8 @@ impl TestEnv {
         config.max_body_bytes = options.max_body_bytes;
         config.commit_poll_ms = options.commit_poll_ms;
         config.redrive_poll_ms = 200;
+        config.partitions_max = options.partitions_max;
+        config.merge_poll_ms = 500;
         config.redrive_after_seconds = options.redrive_after_seconds;
         config.max_attempts = options.max_attempts;
         config.backoff_max_ms = 200;

@@ -8,11 +8,13 @@
 //! - [`publish`]: spools ([`spool`]), records and publishes chunks with confirms;
 //! - [`receiving`]: the uploads being read now;
 //! - [`commit`]: makes a fully loaded batch visible at once, under its commit lock;
+//! - [`merge`]: folds committed batches into fewer partitions, each merge in one transaction;
 //! - [`status`]: what a batch looks like from outside, read from the ledger.
 
 pub mod body;
 pub mod commit;
 pub mod copy_binary;
+pub mod merge;
 pub mod publish;
 pub mod rates;
 pub mod receiving;
