@@ -10,6 +10,9 @@ Methods (each on a fresh table, after TRUNCATE and CHECKPOINT; median of --runs)
   pgloader        pgloader into the published `prices` (Debian's package)
   pipeline        ingest submit → committed, coordinator + W workers (release binaries); phases
                   from the ledger and the status; peak RSS of every process
+  pipeline, visible first
+                  the same with INGEST_VISIBLE_BEFORE_INDEX: visible once the rows are loaded
+                  and the foreign keys validated, indexed afterwards (CREATE INDEX CONCURRENTLY)
 
 Then, readers as batches pile up (--batches, default 300): that many small batches through the
 pipeline with merging off, the ratestask rates query's planning and execution time over one
@@ -160,38 +163,66 @@ def get_json(url):
         return json.load(answer)
 
 
-def pipeline(path, rows, workers, out):
-    db, port, queue = "bench_pipeline", 18580, f"ingest.bench.{os.getpid()}"
-    fresh_db(db)
-    spool = tempfile.mkdtemp(prefix="bench-spool-")
-    env = dict(os.environ,
-               DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
-               INGEST_QUEUE=queue, INGEST_LISTEN=f"127.0.0.1:{port}",
-               INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=spool,
-               RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50")
-    env.pop("INGEST_TOKEN", None)
-    base = env["INGEST_URL"]
-    subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
-                    os.path.join(ROOT, "data", "ratestask")], env=env, check=True,
-                   capture_output=True)
-    logs = open(os.path.join(out, "pipeline.log"), "a")
-    procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=env, stdout=logs,
-                              stderr=logs)]
-    for n in range(workers):
-        procs.append(subprocess.Popen([f"{RELEASE}/ingest-worker"], stdout=logs, stderr=logs,
-                                      env=dict(env, INGEST_WORKER_NAME=f"bench-{n}",
-                                               INGEST_WORKER_LISTEN="127.0.0.1:0")))
-    try:
+class Stack:
+    """A seeded database, a coordinator and workers (release binaries) with extra INGEST_*
+    settings, their logs appended to `out/log_name`; `stop()` ends the processes and removes the
+    queues and the spool (the database stays for a look, and is made afresh next time)."""
+
+    def __init__(self, db, port, workers, out, log_name, **settings):
+        self.db, self.queue = db, f"ingest.bench.{db}.{os.getpid()}"
+        fresh_db(db)
+        self.spool = tempfile.mkdtemp(prefix="bench-spool-")
+        self.env = dict(os.environ,
+                        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
+                        INGEST_QUEUE=self.queue, INGEST_LISTEN=f"127.0.0.1:{port}",
+                        INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=self.spool,
+                        RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50", **settings)
+        self.env.pop("INGEST_TOKEN", None)
+        self.base = self.env["INGEST_URL"]
+        subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
+                        os.path.join(ROOT, "data", "ratestask")], env=self.env, check=True,
+                       capture_output=True)
+        self.logs = open(os.path.join(out, log_name), "a")
+        self.procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=self.env,
+                                       stdout=self.logs, stderr=self.logs)]
+        for n in range(workers):
+            self.procs.append(subprocess.Popen(
+                [f"{RELEASE}/ingest-worker"], stdout=self.logs, stderr=self.logs,
+                env=dict(self.env, INGEST_WORKER_NAME=f"bench-{db}-{n}",
+                         INGEST_WORKER_LISTEN="127.0.0.1:0")))
         deadline = time.monotonic() + 60
         while True:
             try:
-                if urllib.request.urlopen(f"{base}/readyz", timeout=2).status == 200:
+                if urllib.request.urlopen(f"{self.base}/readyz", timeout=2).status == 200:
                     break
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("the coordinator did not start")
             time.sleep(0.1)
+
+    def stop(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue + ".dead"],
+                       capture_output=True)
+        shutil.rmtree(self.spool, ignore_errors=True)
+        self.logs.close()
+
+
+def pipeline(path, rows, workers, out, visible_first=False):
+    stack = Stack("bench_pipeline", 18580, workers, out, "pipeline.log",
+                  INGEST_VISIBLE_BEFORE_INDEX="true" if visible_first else "false")
+    db, env, base, procs = stack.db, stack.env, stack.base, stack.procs
+    try:
         sql(db, "CHECKPOINT")
         started = time.monotonic()
         submit = subprocess.run([f"{RELEASE}/ingest", "submit", path, "--no-wait"], env=env,
@@ -213,6 +244,11 @@ def pipeline(path, rows, workers, out):
         visible = time.monotonic() - started
         if status["state"] != "committed":
             raise RuntimeError(f"the batch ended {status['state']}: {status.get('error')}")
+        index_valid = ("SELECT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                       f"to_regclass('price_batches.batch_{batch}_route_day')), false)")
+        while sql(db, index_valid) != "t":
+            time.sleep(0.05)
+        indexed = time.monotonic() - started
         loaded = float(sql(db, f"""SELECT extract(epoch FROM max(c.updated_at) - b.created_at)
                                    FROM batches b JOIN chunks c ON c.batch_id = b.id
                                    WHERE b.id = {batch} GROUP BY b.created_at"""))
@@ -220,33 +256,26 @@ def pipeline(path, rows, workers, out):
         if count != rows:
             raise RuntimeError(f"prices holds {count} rows, not {rows}")
         rss = [peak_rss_kib(proc.pid) // 1024 for proc in procs]
-        index_started = steps.get("index", loaded)
-        attach_started = steps.get("attach", visible)
+        if visible_first:
+            attach_started = steps.get("attach", loaded)
+            index = indexed - visible
+        else:
+            attach_started = steps.get("attach", visible)
+            index = max(0.0, attach_started - steps.get("index", loaded))
         return {
             "seconds": visible,
             "upload": uploaded,
             "load": loaded,
             "commit": status["commit_seconds"],
-            "index": max(0.0, attach_started - index_started),
+            "index": index,
             "fk validation + attach": max(0.0, visible - attach_started),
             "time to visible": visible,
-            "time to indexed": visible,
+            "time to indexed": indexed,
             "rss_coordinator_mib": rss[0],
             "rss_workers_mib": rss[1:],
         }
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue + ".dead"],
-                       capture_output=True)
-        shutil.rmtree(spool, ignore_errors=True)
-        logs.close()
+        stack.stop()
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -280,17 +309,7 @@ def rates_query_ms(db):
 def partitions_bench(path, batches, rows_each, partitions_max, out):
     """`batches` small batches through the pipeline (merging off), the rates query, a merge down
     to `partitions_max`, the rates query again."""
-    db, port, queue = "bench_partitions", 18581, f"ingest.bench.p{os.getpid()}"
-    fresh_db(db)
-    spool = tempfile.mkdtemp(prefix="bench-spool-")
     files = tempfile.mkdtemp(prefix="bench-batches-")
-    env = dict(os.environ,
-               DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
-               INGEST_QUEUE=queue, INGEST_LISTEN=f"127.0.0.1:{port}",
-               INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=spool,
-               RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50",
-               INGEST_PARTITIONS_MAX="1000000")
-    env.pop("INGEST_TOKEN", None)
     with open(path) as f:
         header = f.readline()
         for n in range(batches):
@@ -298,16 +317,9 @@ def partitions_bench(path, batches, rows_each, partitions_max, out):
                 part.write(header)
                 for _ in range(rows_each):
                     part.write(f.readline())
-    subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
-                    os.path.join(ROOT, "data", "ratestask")], env=env, check=True,
-                   capture_output=True)
-    logs = open(os.path.join(out, "partitions.log"), "a")
-    procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=env, stdout=logs,
-                              stderr=logs)]
-    for n in range(2):
-        procs.append(subprocess.Popen([f"{RELEASE}/ingest-worker"], stdout=logs, stderr=logs,
-                                      env=dict(env, INGEST_WORKER_NAME=f"bench-p{n}",
-                                               INGEST_WORKER_LISTEN="127.0.0.1:0")))
+    stack = Stack("bench_partitions", 18581, 2, out, "partitions.log",
+                  INGEST_PARTITIONS_MAX="1000000")
+    db, env = stack.db, stack.env
     try:
         for n in range(batches):
             submit = subprocess.run([f"{RELEASE}/ingest", "submit",
@@ -315,9 +327,7 @@ def partitions_bench(path, batches, rows_each, partitions_max, out):
                                     capture_output=True, text=True)
             if submit.returncode != 0:
                 raise RuntimeError("ingest submit failed: " + submit.stderr)
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stack.stop()
         count = int(sql(db, "SELECT count(*) FROM prices WHERE true"))
         if count != batches * rows_each:
             raise RuntimeError(f"prices holds {count} rows, not {batches * rows_each}")
@@ -326,8 +336,8 @@ def partitions_bench(path, batches, rows_each, partitions_max, out):
         before = int(sql(db, partitions_sql))
         plan_before, run_before = rates_query_ms(db)
         started = time.monotonic()
-        subprocess.run([f"{RELEASE}/ingest-coordinator", "merge", "--partitions-max",
-                        str(partitions_max)], env=env, check=True, capture_output=True)
+        subprocess.run([f"{RELEASE}/ingest-coordinator", "--partitions-max", str(partitions_max),
+                        "merge"], env=env, check=True, capture_output=True)
         merge_seconds = time.monotonic() - started
         after = int(sql(db, partitions_sql))
         plan_after, run_after = rates_query_ms(db)
@@ -339,16 +349,10 @@ def partitions_bench(path, batches, rows_each, partitions_max, out):
                 "partitions_after": after, "planning_ms_after": plan_after,
                 "execution_ms_after": run_after}
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
+        if not stack.logs.closed:
+            stack.stop()
         sql("postgres", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True)
-        subprocess.run(["rabbitmqctl", "-q", "delete_queue", queue + ".dead"],
-                       capture_output=True)
-        shutil.rmtree(spool, ignore_errors=True)
         shutil.rmtree(files, ignore_errors=True)
-        logs.close()
 
 
 def median(values):
@@ -386,9 +390,10 @@ def main():
 
     results = {"rows": args.rows, "workers": args.workers, "runs": args.runs,
                "file_bytes": os.path.getsize(path), "methods": {}}
+    modes = {"pipeline": False, "pipeline, visible first": True}
     samples = {"psql \\copy": [], "raw 2x \\copy": [], "by hand": [], "pgloader": [],
-               "pipeline": []}
-    hand_steps, pipeline_runs = [], []
+               **{mode: [] for mode in modes}}
+    hand_steps, pipeline_runs = [], {mode: [] for mode in modes}
     for run in range(1, args.runs + 1):
         print(f"bench: run {run} of {args.runs}", flush=True)
         if "psql" not in skip:
@@ -404,9 +409,10 @@ def main():
             if loaded != args.rows:
                 raise RuntimeError(f"pgloader loaded {loaded} rows, not {args.rows}")
             samples["pgloader"].append(seconds)
-        one = pipeline(path, args.rows, args.workers, args.out)
-        pipeline_runs.append(one)
-        samples["pipeline"].append(one["seconds"])
+        for mode, visible_first in modes.items():
+            one = pipeline(path, args.rows, args.workers, args.out, visible_first)
+            pipeline_runs[mode].append(one)
+            samples[mode].append(one["seconds"])
 
     psql = median(samples["psql \\copy"])
     raw = median(samples["raw 2x \\copy"])
@@ -422,30 +428,32 @@ def main():
                                     "rows_per_second": args.rows / seconds}
         print(f"{name:<28} {seconds:>9.2f} {args.rows / seconds:>12,.0f} "
               f"{ratio(psql, seconds):>9} {ratio(raw, seconds):>8}")
-    phases = {key: median([run[key] for run in pipeline_runs])
-              for key in ["upload", "load", "index", "fk validation + attach", "commit",
-                          "time to visible", "time to indexed"]}
     hand = ({key: median([steps[key] for steps in hand_steps]) for key in hand_steps[0]}
             if hand_steps else {})
-    results["pipeline_phases"] = phases
     results["by_hand_steps"] = hand
-    rss_coordinator = max(run["rss_coordinator_mib"] for run in pipeline_runs)
-    rss_workers = [max(run["rss_workers_mib"][n] for run in pipeline_runs)
-                   for n in range(args.workers)]
-    results["peak_rss_mib"] = {"coordinator": rss_coordinator, "workers": rss_workers}
-    print()
-    print("pipeline phases (seconds from the submit):")
-    for key, value in phases.items():
-        print(f"  {key:<24} {value:8.2f}")
     if hand:
         print("by hand (seconds): "
               + ", ".join(f"{key} {value:.2f}" for key, value in hand.items()))
-    visible = phases["time to visible"]
-    print(f"time to visible: {ratio(psql, visible)} faster than psql \\copy, "
-          f"{ratio(raw, visible)} the raw limit; time to indexed: "
-          f"{ratio(phases['time to indexed'], hand.get('total'))} the best by hand")
-    print(f"peak RSS: coordinator {rss_coordinator} MiB, workers "
-          + ", ".join(f"{mib} MiB" for mib in rss_workers))
+    results["pipeline_phases"], results["peak_rss_mib"] = {}, {}
+    for mode, runs in pipeline_runs.items():
+        phases = {key: median([run[key] for run in runs])
+                  for key in ["upload", "load", "index", "fk validation + attach", "commit",
+                              "time to visible", "time to indexed"]}
+        rss_coordinator = max(run["rss_coordinator_mib"] for run in runs)
+        rss_workers = [max(run["rss_workers_mib"][n] for run in runs)
+                       for n in range(args.workers)]
+        results["pipeline_phases"][mode] = phases
+        results["peak_rss_mib"][mode] = {"coordinator": rss_coordinator, "workers": rss_workers}
+        print()
+        print(f"{mode}, phases (seconds from the submit):")
+        for key, value in phases.items():
+            print(f"  {key:<24} {value:8.2f}")
+        visible = phases["time to visible"]
+        print(f"time to visible: {ratio(psql, visible)} faster than psql \\copy, "
+              f"{ratio(raw, visible)} the raw limit; time to indexed: "
+              f"{ratio(phases['time to indexed'], hand.get('total'))} the best by hand")
+        print(f"peak RSS: coordinator {rss_coordinator} MiB, workers "
+              + ", ".join(f"{mib} MiB" for mib in rss_workers))
     if args.batches:
         rows_each = max(1, min(1000, args.rows // args.batches))
         print(f"bench: {args.batches} batches of {rows_each} rows, then a merge", flush=True)
@@ -497,7 +505,7 @@ def chart(results, path):
     names = list(results["methods"])
     seconds = [results["methods"][name]["seconds"] for name in names]
     fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.barh(names, seconds, color=["#1a7f37" if name == "pipeline" else "#8c959f"
+    bars = ax.barh(names, seconds, color=["#1a7f37" if name.startswith("pipeline") else "#8c959f"
                                           for name in names])
     ax.bar_label(bars, labels=[f"{s:.1f} s" for s in seconds], padding=3)
     ax.invert_yaxis()

@@ -83,6 +83,12 @@ pub struct Config {
     #[arg(long, env = "INGEST_REDRIVE_POLL_MS", default_value_t = 1000)]
     pub redrive_poll_ms: u64,
 
+    /// Make a batch visible as soon as its rows are loaded and its foreign keys validated, and
+    /// build its read index afterwards (CREATE INDEX CONCURRENTLY): sooner visible, but reads of
+    /// that batch scan its partition until the index is there. Default: index first.
+    #[arg(long, env = "INGEST_VISIBLE_BEFORE_INDEX", default_value_t = false)]
+    pub visible_before_index: bool,
+
     /// Partitions `prices_by_batch` may have before the smallest are merged (down to half this):
     /// reads that do not filter on the batch plan over every partition.
     #[arg(long, env = "INGEST_PARTITIONS_MAX", default_value_t = 64)]
@@ -244,6 +250,7 @@ impl fmt::Debug for Config {
             .field("redrive_after_seconds", &self.redrive_after_seconds)
             .field("commit_poll_ms", &self.commit_poll_ms)
             .field("redrive_poll_ms", &self.redrive_poll_ms)
+            .field("visible_before_index", &self.visible_before_index)
             .field("partitions_max", &self.partitions_max)
             .field("merge_max_bytes", &self.merge_max_bytes)
             .field("merge_lock_ms", &self.merge_lock_ms)

@@ -1,5 +1,6 @@
 //! The database schema: migrations (applied when the coordinator starts) and the per-batch
-//! staging tables that become partitions of `prices_by_batch` at commit.
+//! staging tables that become partitions of `prices_by_batch` at commit, each with its own read
+//! index (there is none on the parent: see migration V4).
 //!
 //! Staging table names are built from the batch id, a number this system generated; no value
 //! from a file or a request is ever put into SQL text.
@@ -54,13 +55,38 @@ pub fn copy_sql(batch_id: BatchId) -> String {
     )
 }
 
-/// DDL that builds the read index on a staging table before it is attached (so ATTACH adopts
-/// it instead of building it while holding its locks).
+/// DDL that builds the read index on a staging table before it is attached (the default: the
+/// batch becomes visible with its index).
 pub fn index_staging_sql(batch_id: BatchId) -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS batch_{batch_id}_route_day ON {} (orig_code, dest_code, day)",
         staging_table(batch_id)
     )
+}
+
+/// The name of a batch's read index (in the staging table's schema).
+pub fn index_name(batch_id: BatchId) -> String {
+    format!("price_batches.batch_{batch_id}_route_day")
+}
+
+/// DDL that builds the read index of a batch already visible, without blocking its readers or
+/// writers (not in a transaction block). A build that was cut off leaves an INVALID index of
+/// that name, which must be dropped first.
+pub fn index_concurrently_sql(batch_id: BatchId) -> String {
+    format!(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS batch_{batch_id}_route_day ON {} \
+         (orig_code, dest_code, day)",
+        staging_table(batch_id)
+    )
+}
+
+/// The batch id of a partition named like a staging table (`batch_42`), if it is one.
+pub fn staging_batch(table_name: &str) -> Option<BatchId> {
+    table_name
+        .strip_prefix("batch_")?
+        .parse::<i64>()
+        .ok()
+        .map(BatchId)
 }
 
 /// DDL that makes a batch visible: its staging table becomes a partition of `prices_by_batch`.

@@ -92,6 +92,8 @@ pub struct Options {
     pub commit_poll_ms: u64,
     /// Partitions before the smallest are merged.
     pub partitions_max: usize,
+    /// Batches become visible before their index is built.
+    pub visible_before_index: bool,
     /// This test stops PostgreSQL or RabbitMQ: it runs alone (an exclusive lock that every other
     /// test environment takes shared).
     pub exclusive: bool,
@@ -110,6 +112,7 @@ impl Default for Options {
             max_attempts: 5,
             commit_poll_ms: 50,
             partitions_max: 64,
+            visible_before_index: false,
             exclusive: false,
         }
     }
@@ -178,6 +181,7 @@ impl TestEnv {
         config.commit_poll_ms = options.commit_poll_ms;
         config.redrive_poll_ms = 200;
         config.partitions_max = options.partitions_max;
+        config.visible_before_index = options.visible_before_index;
         config.merge_poll_ms = 500;
         config.redrive_after_seconds = options.redrive_after_seconds;
         config.max_attempts = options.max_attempts;

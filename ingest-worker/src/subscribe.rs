@@ -9,9 +9,7 @@ use futures_util::StreamExt;
 use ingest_core::broker::{self, Link};
 use ingest_core::fault::Fault;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 
@@ -101,23 +99,13 @@ impl Subscription {
 /// not answer.
 async fn queue_exists(link: &Link, queue: &str) -> Option<bool> {
     let channel = link.channel().await.ok()?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let exists = match declared {
+    let declared = broker::depth(&channel, queue).await;
+    let _ = channel.close(200, "looked".into()).await;
+    match declared {
         Ok(_) => Some(true),
         Err(error) => match error.kind() {
             lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404 => Some(false),
             _ => None,
         },
-    };
-    let _ = channel.close(200, "looked".into()).await;
-    exists
+    }
 }

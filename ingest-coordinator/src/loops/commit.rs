@@ -1,9 +1,10 @@
 //! The commit loop: commits every batch whose chunks are all loaded (or whose commit was
 //! interrupted), every `commit_poll` or when an upload completes. A commit that meets an outage is
 //! tried again with growing pauses (per batch), and the outage goes into the batch's status —
-//! once PostgreSQL takes it, if PostgreSQL was the outage.
+//! once PostgreSQL takes it, if PostgreSQL was the outage. It also builds the read index of
+//! visible batches whose index build was cut off (`INGEST_VISIBLE_BEFORE_INDEX`).
 
-use crate::pipeline::commit::commit_batch;
+use crate::pipeline::commit::{commit_batch, index_missing};
 use crate::state::AppState;
 use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
@@ -24,6 +25,13 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
             _ = app.commit_wakeup.notified() => {}
+        }
+        match index_missing(&app).await {
+            Ok(0) => {}
+            Ok(built) => tracing::info!(built, "built the missing indexes of visible batches"),
+            Err(fault) => {
+                tracing::warn!(%fault, "cannot look for visible batches without an index")
+            }
         }
         let ready = match ready_batches(&app).await {
             Ok(ready) => ready,

@@ -15,6 +15,12 @@
 //! 5. the lock released and the spool dropped (spool files a kill leaves here are removed at the
 //!    next start).
 //!
+//! With `INGEST_VISIBLE_BEFORE_INDEX`, step 3 comes after step 4, still under the commit lock,
+//! as CREATE INDEX CONCURRENTLY: the batch is visible as soon as its foreign keys are validated,
+//! and its readers scan its partition until the index is there. A build that was cut off (a kill,
+//! an outage) leaves the batch committed without a valid index; [`index_missing`], run by the
+//! commit loop, finds such partitions and builds their index again.
+//!
 //! An outage at any step (a lost connection, `57P01`, a deadlock, a full disk, a catalog race)
 //! is returned: the commit loop (`loops::commit`) tries again with growing pauses and notes it in
 //! the batch's status. Only PostgreSQL refusing the rows (SQLSTATE class 22 or 23 at the index or
@@ -82,10 +88,15 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
             session_name(batch_id)
         ))
         .await;
+    let index_first = !app.config.visible_before_index;
     let result = match named {
-        Ok(()) => commit_locked(&mut client, batch_id, started).await,
+        Ok(()) => commit_locked(&mut client, batch_id, started, index_first).await,
         Err(error) => Err(Fault::from(error)),
     };
+    if !index_first && matches!(result, Ok(Visible(_))) {
+        tracing::info!(%batch_id, seconds = started.elapsed().as_secs_f64(), "batch visible; building its index");
+        build_index(&client, batch_id).await;
+    }
     let released = match ledger::unlock_commit(&client, batch_id).await {
         Ok(()) => client.batch_execute("RESET application_name").await.is_ok(),
         Err(_) => false,
@@ -135,15 +146,18 @@ async fn commit_locked(
     client: &mut Client,
     batch_id: BatchId,
     started: Instant,
+    index_first: bool,
 ) -> Result<Locked, Fault> {
     // Under the lock, look again: another coordinator may have finished it meanwhile.
     if ledger::batch_state(client, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Other(Committed::Skipped));
     }
-    client
-        .batch_execute(&schema::index_staging_sql(batch_id))
-        .await
-        .map_err(|error| step_fault("building the batch's index", &error))?;
+    if index_first {
+        client
+            .batch_execute(&schema::index_staging_sql(batch_id))
+            .await
+            .map_err(|error| step_fault("building the batch's index", &error))?;
+    }
     let tx = client.transaction().await?;
     if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Other(Committed::Skipped));
@@ -166,4 +180,94 @@ fn step_fault(step: &str, error: &tokio_postgres::Error) -> Fault {
         Fault::Refused(reason) => Fault::Refused(format!("{step} failed: {reason}")),
         Fault::Outage(reason) => Fault::Outage(format!("{step}: {reason}")),
     }
+}
+
+/// Builds the read index of a committed batch's partition with CREATE INDEX CONCURRENTLY, under
+/// the batch's commit lock (held by the caller), after dropping what a cut-off build left. The
+/// batch stays committed whatever happens here: a failure is logged, and [`index_missing`] tries
+/// again later. Nothing to do when the partition was merged away meanwhile. True when it built.
+async fn build_index(client: &Client, batch_id: BatchId) -> bool {
+    let started = Instant::now();
+    match build_index_steps(client, batch_id).await {
+        Ok(built) => {
+            if built {
+                tracing::info!(
+                    %batch_id,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "batch indexed"
+                );
+            }
+            built
+        }
+        Err(error) => {
+            tracing::warn!(
+                %batch_id,
+                error = %ingest_core::fault::describe(&error),
+                "building a visible batch's index failed; will try again"
+            );
+            false
+        }
+    }
+}
+
+/// [`build_index`]'s statements; false when there was nothing to build.
+async fn build_index_steps(
+    client: &Client,
+    batch_id: BatchId,
+) -> Result<bool, tokio_postgres::Error> {
+    let table = schema::staging_table(batch_id);
+    let index = schema::index_name(batch_id);
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL, \
+                    (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($2))",
+            &[&table, &index],
+        )
+        .await?;
+    let (exists, valid): (bool, Option<bool>) = (row.get(0), row.get(1));
+    if !exists || valid == Some(true) {
+        return Ok(false);
+    }
+    if valid == Some(false) {
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .await?;
+    }
+    client
+        .batch_execute(&schema::index_concurrently_sql(batch_id))
+        .await?;
+    Ok(true)
+}
+
+/// Builds the read index of every committed batch whose partition has none that is valid (a build
+/// that was cut off after the batch became visible). Skips a batch whose commit lock another
+/// session holds: that session is building it.
+pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
+    let client = app.pool.get().await?;
+    let unindexed: Vec<String> = client
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'prices_by_batch'::regclass \
+               AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisvalid)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut built = 0;
+    for batch_id in unindexed
+        .iter()
+        .filter_map(|name| schema::staging_batch(name))
+    {
+        if !ledger::try_lock_commit(&client, batch_id).await? {
+            continue;
+        }
+        client.batch_execute(CLIENT_CHECK).await?;
+        if build_index(&client, batch_id).await {
+            built += 1;
+        }
+        ledger::unlock_commit(&client, batch_id).await?;
+    }
+    Ok(built)
 }

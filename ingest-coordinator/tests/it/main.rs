@@ -10,3 +10,4 @@ mod pipeline;
 mod process;
 mod streaming;
 mod validation;
+mod visible_first;
