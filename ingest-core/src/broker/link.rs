@@ -60,11 +60,6 @@ impl Link {
         })
     }
 
-    /// True while the connection in use is open (it may still break at any moment).
-    pub fn is_up(&self) -> bool {
-        self.connection().status().connected()
-    }
-
     /// True when the connection in use is open or a new one could be opened now.
     pub async fn ensure(&self) -> bool {
         self.connected().await.is_ok()
