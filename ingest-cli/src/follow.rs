@@ -222,6 +222,7 @@ fn commit(status: &BatchStatus) -> Option<String> {
     let progress = status.commit.as_ref()?;
     let step = match progress.step {
         CommitStep::Index => "index",
+        CommitStep::ForeignKeys => "foreign keys",
         CommitStep::Attach => "attach",
     };
     let share = match (progress.done, progress.total) {

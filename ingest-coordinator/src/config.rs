@@ -107,6 +107,14 @@ pub struct Config {
     #[arg(long, env = "INGEST_MERGE_POLL_MS", default_value_t = 5000)]
     pub merge_poll_ms: u64,
 
+    /// Parts each batch's staging table is split into (by a hash of the row). At commit the
+    /// parts' foreign keys are validated, and their indexes built, at the same time, one
+    /// session each: set it to the cores PostgreSQL can give one commit. Readers plan over
+    /// every part until a merge folds them.
+    #[arg(long, env = "INGEST_BATCH_PARTS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub batch_parts: u16,
+
     /// PostgreSQL connections in the coordinator's pool.
     #[arg(long, env = "INGEST_DB_POOL", default_value_t = 16)]
     pub db_pool: usize,
@@ -255,6 +263,7 @@ impl fmt::Debug for Config {
             .field("merge_max_bytes", &self.merge_max_bytes)
             .field("merge_lock_ms", &self.merge_lock_ms)
             .field("merge_poll_ms", &self.merge_poll_ms)
+            .field("batch_parts", &self.batch_parts)
             .field("db_pool", &self.db_pool)
             .finish()
     }

@@ -70,6 +70,7 @@ pub enum NewBatch {
 pub async fn create_batch(
     client: &mut Client,
     idempotency_key: Option<&IdempotencyKey>,
+    parts: u16,
 ) -> Result<NewBatch, tokio_postgres::Error> {
     let key = idempotency_key.map(IdempotencyKey::as_str);
     let tx = client.transaction().await?;
@@ -88,7 +89,8 @@ pub async fn create_batch(
         return Ok(NewBatch::Existing(BatchId(existing.get(0))));
     };
     let id = BatchId(row.get(0));
-    tx.batch_execute(&schema::create_staging_sql(id)).await?;
+    tx.batch_execute(&schema::create_staging_sql(id, parts))
+        .await?;
     tx.commit().await?;
     Ok(NewBatch::Created(id))
 }

@@ -28,23 +28,42 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
     result.map(|_| ())
 }
 
-/// The qualified name of a batch's staging table (later its partition).
+/// The qualified name of a batch's staging table (later its partition). It is partitioned by
+/// hash into parts ([`part_table`]), the tables that hold the rows.
 pub fn staging_table(batch_id: BatchId) -> String {
     format!("price_batches.batch_{batch_id}")
 }
 
-/// DDL that creates a batch's staging table: the columns of `prices_by_batch`, with
-/// `batch_id` defaulted and checked so that COPY sends four columns and ATTACH skips its scan.
-pub fn create_staging_sql(batch_id: BatchId) -> String {
+/// The qualified name of part `part` of a batch's staging table.
+pub fn part_table(batch_id: BatchId, part: u16) -> String {
+    format!("price_batches.batch_{batch_id}_p{part}")
+}
+
+/// DDL that creates a batch's staging table: the columns of `prices_by_batch`, with `batch_id`
+/// defaulted and checked so that COPY sends four columns and ATTACH skips its scan, split by a
+/// hash of the row into `parts` tables. Workers COPY into the staging table and PostgreSQL
+/// routes each row to its part; at commit each part's foreign keys are validated (and its
+/// index built) in its own session, so the commit uses as many cores as there are parts.
+pub fn create_staging_sql(batch_id: BatchId, parts: u16) -> String {
     let table = staging_table(batch_id);
-    format!(
+    let mut sql = format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
            batch_id bigint NOT NULL DEFAULT {batch_id} CHECK (batch_id = {batch_id}), \
            orig_code text NOT NULL, \
            dest_code text NOT NULL, \
            day date NOT NULL, \
-           price integer NOT NULL)"
-    )
+           price integer NOT NULL) \
+         PARTITION BY HASH (orig_code, dest_code, day);"
+    );
+    let parts = parts.max(1);
+    for part in 0..parts {
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} \
+             FOR VALUES WITH (MODULUS {parts}, REMAINDER {part});",
+            part_table(batch_id, part)
+        ));
+    }
+    sql
 }
 
 /// The COPY statement a worker streams a chunk's binary payload into.
@@ -55,48 +74,94 @@ pub fn copy_sql(batch_id: BatchId) -> String {
     )
 }
 
-/// DDL that builds the read index on a staging table before it is attached (the default: the
-/// batch becomes visible with its index).
-pub fn index_staging_sql(batch_id: BatchId) -> String {
-    format!(
-        "CREATE INDEX IF NOT EXISTS batch_{batch_id}_route_day ON {} (orig_code, dest_code, day)",
-        staging_table(batch_id)
-    )
+/// The unqualified name of the read index of a table in the staging schema (a part, or a
+/// merged partition): `<table>_route_day`.
+pub fn index_name(table_name: &str) -> String {
+    format!("{table_name}_route_day")
 }
 
-/// The name of a batch's read index (in the staging table's schema).
-pub fn index_name(batch_id: BatchId) -> String {
-    format!("price_batches.batch_{batch_id}_route_day")
-}
-
-/// DDL that builds the read index of a batch already visible, without blocking its readers or
-/// writers (not in a transaction block). A build that was cut off leaves an INVALID index of
-/// that name, which must be dropped first.
-pub fn index_concurrently_sql(batch_id: BatchId) -> String {
+/// DDL that builds the read index of one part (`price_batches.<name>`) before its batch is
+/// attached (the default: the batch becomes visible with its index), or, `concurrently`, of a
+/// batch already visible without blocking its readers or writers (not in a transaction block;
+/// a build that was cut off leaves an INVALID index of that name, which must be dropped first).
+pub fn index_part_sql(table_name: &str, concurrently: bool) -> String {
+    let how = if concurrently { "CONCURRENTLY " } else { "" };
     format!(
-        "CREATE INDEX CONCURRENTLY IF NOT EXISTS batch_{batch_id}_route_day ON {} \
+        "CREATE INDEX {how}IF NOT EXISTS {} ON price_batches.{table_name} \
          (orig_code, dest_code, day)",
-        staging_table(batch_id)
+        index_name(table_name)
     )
 }
 
-/// The batch id of a partition named like a staging table (`batch_42`), if it is one.
+/// The batch id of a table in the staging schema named like a staging table or one of its
+/// parts (`batch_42`, `batch_42_p1`), if it is one.
 pub fn staging_batch(table_name: &str) -> Option<BatchId> {
-    table_name
-        .strip_prefix("batch_")?
-        .parse::<i64>()
-        .ok()
-        .map(BatchId)
+    let rest = table_name.strip_prefix("batch_")?;
+    let id = match rest.split_once("_p") {
+        Some((id, part)) => {
+            part.parse::<u16>().ok()?;
+            id
+        }
+        None => rest,
+    };
+    id.parse::<i64>().ok().map(BatchId)
 }
+
+/// The unqualified names of the tables that hold a batch's staged rows: its parts, or the
+/// staging table itself when it has none (a batch staged before parts existed). Empty when the
+/// batch has no staging table (or it was merged away). Read from the catalog alone, so it takes
+/// no lock and does not wait behind one.
+pub const LEAVES_SQL: &str = "SELECT c.relname FROM pg_class c \
+     WHERE c.oid = to_regclass($1) AND c.relkind = 'r' \
+     UNION ALL \
+     SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+     WHERE i.inhparent = to_regclass($1) \
+     ORDER BY 1";
 
 /// DDL that makes a batch visible: its staging table becomes a partition of `prices_by_batch`.
-/// PostgreSQL validates both foreign keys to `ports` in bulk here.
+/// Each part's foreign keys are validated beforehand ([`foreign_keys_part_sql`]), so PostgreSQL
+/// takes them over here without a scan.
 pub fn attach_sql(batch_id: BatchId) -> String {
     format!(
         "ALTER TABLE prices_by_batch ATTACH PARTITION {} FOR VALUES IN ({batch_id})",
         staging_table(batch_id)
     )
 }
+
+/// DDL that adds `prices_by_batch`'s foreign keys (as `pg_get_constraintdef` prints them) to a
+/// table of the staging schema, NOT VALID: no scan, only a brief lock on `ports`. A key of that
+/// name that exists already is left as it is (so the step can be repeated).
+pub fn foreign_keys_part_sql(table_name: &str, definitions: &[String]) -> String {
+    definitions
+        .iter()
+        .enumerate()
+        .map(|(n, definition)| {
+            format!(
+                "DO $$BEGIN ALTER TABLE price_batches.{table_name} \
+                 ADD CONSTRAINT {table_name}_fk{n} {definition} NOT VALID; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END$$;"
+            )
+        })
+        .collect()
+}
+
+/// DDL that validates the foreign keys of a table of the staging schema added by
+/// [`foreign_keys_part_sql`]: one scan each. It holds only `SHARE UPDATE EXCLUSIVE` on the table
+/// and `ROW SHARE` on `ports`, so the parts of a batch are validated at the same time, each in
+/// its own session. Validating a valid key does nothing.
+pub fn validate_part_sql(table_name: &str, keys: usize) -> String {
+    (0..keys)
+        .map(|n| {
+            format!(
+                "ALTER TABLE price_batches.{table_name} VALIDATE CONSTRAINT {table_name}_fk{n};"
+            )
+        })
+        .collect()
+}
+
+/// The definitions of `prices_by_batch`'s foreign keys, in a fixed order.
+pub const FOREIGN_KEYS_SQL: &str = "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+     WHERE conrelid = 'prices_by_batch'::regclass AND contype = 'f' ORDER BY conname";
 
 /// DDL that removes everything a failed or cancelled batch staged.
 pub fn drop_staging_sql(batch_id: BatchId) -> String {

@@ -431,7 +431,8 @@ impl TestEnv {
         self.db
             .query_one(
                 "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = 'price_batches' AND c.relkind = 'r' AND NOT c.relispartition",
+                 WHERE n.nspname = 'price_batches' AND c.relkind IN ('r', 'p')
+                   AND NOT c.relispartition",
                 &[],
             )
             .await

@@ -63,10 +63,12 @@ pub struct BatchStatus {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CommitStep {
-    /// Building the batch's read index (PostgreSQL reports its phase and progress).
+    /// Building the read index of the batch's parts (PostgreSQL reports its phase and progress).
     Index,
-    /// Attaching the batch to `prices`: PostgreSQL validates both foreign keys in bulk, then the
-    /// batch becomes visible.
+    /// Validating both foreign keys of the batch's parts, in bulk, all parts at once.
+    ForeignKeys,
+    /// Attaching the batch to `prices` (its keys are validated already): the batch becomes
+    /// visible.
     Attach,
 }
 

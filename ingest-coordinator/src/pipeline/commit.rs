@@ -1,7 +1,8 @@
-//! Commit: when every chunk of a batch is loaded, the batch becomes visible at once. Its staging
-//! table gets the read index, then one transaction attaches it as a partition of
-//! `prices_by_batch` (PostgreSQL validates both foreign keys in bulk there) and marks the batch
-//! committed. Rows are never copied a second time.
+//! Commit: when every chunk of a batch is loaded, the batch becomes visible at once. Each part
+//! of its staging table (`schema::create_staging_sql`) gets the read index and both foreign keys,
+//! validated, every part in its own session at the same time; then one transaction attaches the
+//! staging table as a partition of `prices_by_batch` (PostgreSQL takes the parts' keys over
+//! without a scan) and marks the batch committed. Rows are never copied a second time.
 //!
 //! One coordinator at a time, and safe to repeat after a kill at any point:
 //! 1. `loading → committing` in the ledger (a batch found `committing` is resumed);
@@ -9,22 +10,27 @@
 //!    after the attach. Another holder is another coordinator committing the batch, or the
 //!    backend of a killed one still building the index (PostgreSQL ends such a backend once it
 //!    notices its client is gone: `client_connection_check_interval`); the batch is tried later;
-//! 3. the read index, if it does not exist yet (a killed build leaves nothing: it is one
-//!    transaction);
+//! 3. each part, in parallel: its read index if it does not exist yet (a killed build leaves
+//!    nothing: it is one transaction), then its foreign keys added NOT VALID (no scan) if they do
+//!    not exist yet and validated (one scan each; validating a valid key does nothing). A
+//!    validation holds `SHARE UPDATE EXCLUSIVE` on its part and `ROW SHARE` on `ports`, so the
+//!    parts do not wait for each other (adding a key, validated, would hold `SHARE ROW
+//!    EXCLUSIVE` on `ports` and validate one table after the other: measured 2.2 s against 1.3 s
+//!    for two parts of 8M rows on two cores);
 //! 4. one transaction: the batch's row lock, ATTACH PARTITION, `committed`;
 //! 5. the lock released and the spool dropped (spool files a kill leaves here are removed at the
 //!    next start).
 //!
-//! With `INGEST_VISIBLE_BEFORE_INDEX`, step 3 comes after step 4, still under the commit lock,
-//! as CREATE INDEX CONCURRENTLY: the batch is visible as soon as its foreign keys are validated,
-//! and its readers scan its partition until the index is there. A build that was cut off (a kill,
-//! an outage) leaves the batch committed without a valid index; [`index_missing`], run by the
-//! commit loop, finds such partitions and builds their index again.
+//! With `INGEST_VISIBLE_BEFORE_INDEX`, the index of step 3 comes after step 4, still under the
+//! commit lock, as CREATE INDEX CONCURRENTLY on each part: the batch is visible as soon as its
+//! foreign keys are validated, and its readers scan its parts until their index is there. A build
+//! that was cut off (a kill, an outage) leaves the batch committed without a valid index;
+//! [`index_missing`], run by the commit loop, finds such parts and builds their index again.
 //!
 //! An outage at any step (a lost connection, `57P01`, a deadlock, a full disk, a catalog race)
 //! is returned: the commit loop (`loops::commit`) tries again with growing pauses and notes it in
-//! the batch's status. Only PostgreSQL refusing the rows (SQLSTATE class 22 or 23 at the index or
-//! the attach) fails the batch.
+//! the batch's status. Only PostgreSQL refusing the rows (SQLSTATE class 22 or 23 at the index,
+//! a validation or the attach) fails the batch.
 
 use crate::state::AppState;
 use ingest_core::batch::{BatchId, BatchState};
@@ -90,7 +96,7 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         .await;
     let index_first = !app.config.visible_before_index;
     let result = match named {
-        Ok(()) => commit_locked(&mut client, batch_id, started, index_first).await,
+        Ok(()) => commit_locked(app, &mut client, batch_id, started, index_first).await,
         Err(error) => Err(Fault::from(error)),
     };
     if !index_first && matches!(result, Ok(Visible(_))) {
@@ -143,6 +149,7 @@ use Locked::{Other, Visible};
 
 /// Steps 3 and 4, under the commit lock.
 async fn commit_locked(
+    app: &AppState,
     client: &mut Client,
     batch_id: BatchId,
     started: Instant,
@@ -152,12 +159,23 @@ async fn commit_locked(
     if ledger::batch_state(client, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Other(Committed::Skipped));
     }
-    if index_first {
-        client
-            .batch_execute(&schema::index_staging_sql(batch_id))
-            .await
-            .map_err(|error| step_fault("building the batch's index", &error))?;
-    }
+    let parts = leaves(client, batch_id).await?;
+    let keys: Vec<String> = client
+        .query(schema::FOREIGN_KEYS_SQL, &[])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    // Every part's session runs to its end (none is dropped mid-statement, which would leave
+    // its statement running on a pooled connection); the first failure is returned.
+    futures_util::future::join_all(
+        parts
+            .iter()
+            .map(|part| prepare_part(app, batch_id, part, &keys, index_first)),
+    )
+    .await
+    .into_iter()
+    .collect::<Result<Vec<()>, Fault>>()?;
     let tx = client.transaction().await?;
     if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Other(Committed::Skipped));
@@ -182,7 +200,68 @@ fn step_fault(step: &str, error: &tokio_postgres::Error) -> Fault {
     }
 }
 
-/// Builds the read index of a committed batch's partition with CREATE INDEX CONCURRENTLY, under
+/// Step 3 for one part, in a session of its own (named like the commit's, so the status finds
+/// it): the read index when `index_first`, then the foreign keys, added NOT VALID and validated.
+async fn prepare_part(
+    app: &AppState,
+    batch_id: BatchId,
+    part: &str,
+    keys: &[String],
+    index_first: bool,
+) -> Result<(), Fault> {
+    let client = app.pool.get().await?;
+    client
+        .batch_execute(&format!(
+            "{CLIENT_CHECK}; SET application_name = '{}'",
+            session_name(batch_id)
+        ))
+        .await?;
+    let result = prepare_steps(&client, part, keys, index_first).await;
+    if client
+        .batch_execute("RESET application_name")
+        .await
+        .is_err()
+    {
+        drop(deadpool_postgres::Object::take(client));
+    }
+    result
+}
+
+/// [`prepare_part`]'s statements.
+async fn prepare_steps(
+    client: &Client,
+    part: &str,
+    keys: &[String],
+    index_first: bool,
+) -> Result<(), Fault> {
+    if index_first {
+        client
+            .batch_execute(&schema::index_part_sql(part, false))
+            .await
+            .map_err(|error| step_fault("building the batch's index", &error))?;
+    }
+    client
+        .batch_execute(&schema::foreign_keys_part_sql(part, keys))
+        .await
+        .map_err(|error| step_fault("adding the foreign keys", &error))?;
+    client
+        .batch_execute(&schema::validate_part_sql(part, keys.len()))
+        .await
+        .map_err(|error| step_fault("validating the foreign keys", &error))?;
+    Ok(())
+}
+
+/// The tables that hold a batch's staged rows (see [`schema::LEAVES_SQL`]).
+async fn leaves(client: &Client, batch_id: BatchId) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(schema::LEAVES_SQL, &[&schema::staging_table(batch_id)])
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
+
+/// Builds the read index of each part of a committed batch with CREATE INDEX CONCURRENTLY, under
 /// the batch's commit lock (held by the caller), after dropping what a cut-off build left. The
 /// batch stays committed whatever happens here: a failure is logged, and [`index_missing`] tries
 /// again later. Nothing to do when the partition was merged away meanwhile. True when it built.
@@ -210,44 +289,49 @@ async fn build_index(client: &Client, batch_id: BatchId) -> bool {
     }
 }
 
-/// [`build_index`]'s statements; false when there was nothing to build.
+/// [`build_index`]'s statements, part after part; false when there was nothing to build.
 async fn build_index_steps(
     client: &Client,
     batch_id: BatchId,
 ) -> Result<bool, tokio_postgres::Error> {
-    let table = schema::staging_table(batch_id);
-    let index = schema::index_name(batch_id);
-    let row = client
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, \
-                    (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($2))",
-            &[&table, &index],
-        )
-        .await?;
-    let (exists, valid): (bool, Option<bool>) = (row.get(0), row.get(1));
-    if !exists || valid == Some(true) {
-        return Ok(false);
-    }
-    if valid == Some(false) {
+    let mut built = false;
+    for part in leaves(client, batch_id).await? {
+        let index = format!("price_batches.{}", schema::index_name(&part));
+        let valid: Option<bool> = client
+            .query_one(
+                "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1))",
+                &[&index],
+            )
+            .await?
+            .get(0);
+        if valid == Some(true) {
+            continue;
+        }
+        if valid == Some(false) {
+            client
+                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+                .await?;
+        }
         client
-            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .batch_execute(&schema::index_part_sql(&part, true))
             .await?;
+        built = true;
     }
-    client
-        .batch_execute(&schema::index_concurrently_sql(batch_id))
-        .await?;
-    Ok(true)
+    Ok(built)
 }
 
-/// Builds the read index of every committed batch whose partition has none that is valid (a build
-/// that was cut off after the batch became visible). Skips a batch whose commit lock another
-/// session holds: that session is building it.
+/// Builds the read index of every committed batch with a part that has none that is valid (a
+/// build that was cut off after the batch became visible). Skips a batch whose commit lock
+/// another session holds: that session is building it.
 pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
     let client = app.pool.get().await?;
     let unindexed: Vec<String> = client
         .query(
             "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-             WHERE i.inhparent = 'prices_by_batch'::regclass \
+             WHERE c.relkind = 'r' \
+               AND (i.inhparent = 'prices_by_batch'::regclass \
+                    OR i.inhparent IN (SELECT inhrelid FROM pg_inherits \
+                                       WHERE inhparent = 'prices_by_batch'::regclass)) \
                AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indisvalid)",
             &[],
         )
@@ -255,11 +339,14 @@ pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let mut built = 0;
-    for batch_id in unindexed
+    let mut batches: Vec<BatchId> = unindexed
         .iter()
         .filter_map(|name| schema::staging_batch(name))
-    {
+        .collect();
+    batches.sort();
+    batches.dedup();
+    let mut built = 0;
+    for batch_id in batches {
         if !ledger::try_lock_commit(&client, batch_id).await? {
             continue;
         }

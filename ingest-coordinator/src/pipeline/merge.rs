@@ -21,18 +21,19 @@
 
 use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
+use ingest_core::schema;
 use std::time::Duration;
 use tokio_postgres::{Client, GenericClient};
 
-/// One partition of `prices_by_batch`: a batch's table, a merged one, or batch 0's (rows
-/// written straight into `prices`).
+/// One partition of `prices_by_batch`: a batch's table (partitioned into parts), a merged one,
+/// or batch 0's (rows written straight into `prices`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     /// Its qualified, quoted name, from the catalog.
     pub table: String,
     /// The batch ids its bound lists.
     pub batches: Vec<BatchId>,
-    /// Its size on disk with its index, in bytes.
+    /// Its size on disk with its indexes (all its parts'), in bytes.
     pub bytes: i64,
 }
 
@@ -54,7 +55,10 @@ pub async fn partitions(client: &impl GenericClient) -> Result<Vec<Partition>, F
     let rows = client
         .query(
             "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
-                    pg_get_expr(c.relpartbound, c.oid), pg_total_relation_size(c.oid) \
+                    pg_get_expr(c.relpartbound, c.oid), \
+                    pg_total_relation_size(c.oid) \
+                    + coalesce((SELECT sum(pg_total_relation_size(p.inhrelid)) \
+                                FROM pg_inherits p WHERE p.inhparent = c.oid), 0)::bigint \
              FROM pg_inherits i \
              JOIN pg_class c ON c.oid = i.inhrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -137,7 +141,7 @@ pub async fn merge(
     // Unique: batch sets are disjoint, and no part holds as many batches as the union.
     let name = format!("merged_{first}_{last}_{}", batches.len());
     let table = format!("price_batches.{name}");
-    let index = format!("{name}_route_day");
+    let index = schema::index_name(&name);
     let values = batches
         .iter()
         .map(|id| id.to_string())
@@ -163,11 +167,7 @@ pub async fn merge(
         return Err(Fault::outage("the partitions changed meanwhile"));
     }
     let foreign_keys: Vec<String> = tx
-        .query(
-            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = 'prices_by_batch'::regclass AND contype = 'f' ORDER BY conname",
-            &[],
-        )
+        .query(schema::FOREIGN_KEYS_SQL, &[])
         .await?
         .iter()
         .map(|row| row.get(0))

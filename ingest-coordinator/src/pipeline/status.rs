@@ -148,7 +148,7 @@ async fn commit_progress(client: &Client, id: BatchId) -> Result<Option<CommitPr
              FROM pg_stat_activity a
              LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
              WHERE a.application_name = $1 AND a.state = 'active'
-             LIMIT 1",
+             ORDER BY a.pid LIMIT 1",
             &[&commit::session_name(id)],
         )
         .await?;
@@ -163,7 +163,14 @@ async fn commit_progress(client: &Client, id: BatchId) -> Result<Option<CommitPr
     let progress = if query.contains("ATTACH PARTITION") {
         CommitProgress {
             step: CommitStep::Attach,
-            phase: "validating both foreign keys and attaching to prices".into(),
+            phase: "attaching to prices".into(),
+            done: None,
+            total: None,
+        }
+    } else if query.contains("FOREIGN KEY") || query.contains("VALIDATE CONSTRAINT") {
+        CommitProgress {
+            step: CommitStep::ForeignKeys,
+            phase: "validating both foreign keys of each part".into(),
             done: None,
             total: None,
         }

@@ -53,10 +53,11 @@ pub enum Refusal {
 pub async fn open_batch(app: &AppState, key: Option<&IdempotencyKey>) -> Result<NewBatch, Fault> {
     let patience = app.config.upload_patience();
     let pool = &app.pool;
+    let parts = app.config.batch_parts;
     loop {
         let opened = ride_through(patience, "recording a new batch", move || async move {
             let mut client = pool.get().await?;
-            let opened = ledger::create_batch(&mut client, key).await?;
+            let opened = ledger::create_batch(&mut client, key, parts).await?;
             let state = match opened {
                 NewBatch::Existing(id) => ledger::batch_state(&client, id).await?,
                 NewBatch::Created(_) => None,

@@ -44,6 +44,13 @@ async fn partitions(env: &TestEnv) -> i64 {
         .get(0)
 }
 
+/// The DDL that builds the read index of both parts of a batch (the default `INGEST_BATCH_PARTS`).
+fn index_parts_sql(id: BatchId) -> String {
+    (0..2)
+        .map(|part| schema::index_part_sql(&format!("batch_{id}_p{part}"), false) + ";")
+        .collect()
+}
+
 /// Submits `rows` generated rows (seed `seed`) and returns the batch id once accepted.
 async fn submit_generated(env: &TestEnv, seed: u64, rows: u64) -> BatchId {
     let codes = rates_file::port_codes(&ingest_testkit::data_dir());
@@ -152,7 +159,7 @@ async fn a_poison_chunk_fails_its_batch_naming_the_chunk_and_its_lines() {
     assert!(!env.spool.path().join(format!("batch-{id}")).exists());
 }
 
-/// Four batches, loaded but not committed, each left as a coordinator killed at another point
+/// Five batches, loaded but not committed, each left as a coordinator killed at another point
 /// of the commit would leave it; a new coordinator finishes each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
@@ -163,7 +170,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     })
     .await;
     const ROWS: u64 = 30_000;
-    let seeds = [31, 32, 33, 34];
+    let seeds = [31, 32, 33, 34, 35];
     let mut ids = Vec::new();
     for seed in seeds {
         ids.push(submit_generated(&env, seed, ROWS).await);
@@ -173,7 +180,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     for id in &ids {
         env.wait_loaded(*id, FINAL_WITHIN).await;
     }
-    let [after_claim, after_index, mid_index, after_attach] = ids[..] else {
+    let [after_claim, after_index, mid_index, after_attach, keys_not_valid] = ids[..] else {
         unreachable!()
     };
 
@@ -182,7 +189,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     // Killed after the index was built.
     assert!(ledger::start_commit(&env.db, after_index).await.unwrap());
     env.db
-        .batch_execute(&schema::index_staging_sql(after_index))
+        .batch_execute(&index_parts_sql(after_index))
         .await
         .unwrap();
     // Killed while building the index: its backend still holds the commit lock, in the middle of
@@ -198,14 +205,14 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         .await
         .unwrap());
     lingering
-        .batch_execute(&format!("BEGIN; {}", schema::index_staging_sql(mid_index)))
+        .batch_execute(&format!("BEGIN; {}", index_parts_sql(mid_index)))
         .await
         .unwrap();
     // Killed after the attach committed, before its spool was removed.
     assert!(ledger::start_commit(&env.db, after_attach).await.unwrap());
     {
         let tx = env.db.transaction().await.unwrap();
-        tx.batch_execute(&schema::index_staging_sql(after_attach))
+        tx.batch_execute(&index_parts_sql(after_attach))
             .await
             .unwrap();
         tx.batch_execute(&schema::attach_sql(after_attach))
@@ -222,9 +229,27 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         .path()
         .join(format!("batch-{after_attach}"))
         .exists());
+    // Killed after the foreign keys of one part were added NOT VALID, before their validation.
+    assert!(ledger::start_commit(&env.db, keys_not_valid).await.unwrap());
+    let keys: Vec<String> = env
+        .db
+        .query(schema::FOREIGN_KEYS_SQL, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(keys.len(), 2);
+    env.db
+        .batch_execute(&schema::foreign_keys_part_sql(
+            &format!("batch_{keys_not_valid}_p0"),
+            &keys,
+        ))
+        .await
+        .unwrap();
 
     env.start_coordinator().await;
-    for id in [after_claim, after_index, after_attach] {
+    for id in [after_claim, after_index, after_attach, keys_not_valid] {
         let status = env.wait_final(id, FINAL_WITHIN).await;
         assert_eq!(status.state, BatchState::Committed, "{status:#?}");
     }
@@ -251,7 +276,29 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
             "batch {id}"
         );
     }
-    assert_eq!(partitions(&env).await, 4);
+    assert_eq!(partitions(&env).await, 5);
+    // Every part holds both keys, validated, and taken over by prices_by_batch's.
+    let keys: Vec<(String, bool, bool)> = env
+        .db
+        .query(
+            "SELECT c.conrelid::regclass::text, c.convalidated, c.conparentid <> 0
+             FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+             JOIN pg_namespace n ON n.oid = r.relnamespace
+             WHERE n.nspname = 'price_batches' AND r.relname LIKE 'batch%'
+               AND r.relkind = 'r' AND c.contype = 'f'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    assert_eq!(keys.len(), 5 * 2 * 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|(_, valid, inherited)| *valid && *inherited),
+        "{keys:?}"
+    );
     assert_eq!(env.unattached_staging_tables().await, 0);
     assert_eq!(
         env.state().spool.batches().await.unwrap(),
@@ -306,7 +353,10 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
 async fn orphan_upload(env: &TestEnv, key: &str) -> BatchId {
     let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
     let key = IdempotencyKey::parse(key).unwrap();
-    match ledger::create_batch(&mut client, Some(&key)).await.unwrap() {
+    match ledger::create_batch(&mut client, Some(&key), 2)
+        .await
+        .unwrap()
+    {
         ledger::NewBatch::Created(id) => id,
         ledger::NewBatch::Existing(id) => panic!("the key {key} is held by batch {id}"),
     }
@@ -381,7 +431,7 @@ async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
     let running = ingest_coordinator::app::start(env.config.clone())
         .await
         .unwrap();
-    let index_build = format!("%CREATE INDEX IF NOT EXISTS batch_{id}_route_day%");
+    let index_build = format!("%CREATE INDEX IF NOT EXISTS batch_{id}_p%_route_day%");
     let (watcher, index_build) = (&watcher, &index_build);
     poll(
         "the commit to wait on the lock",
@@ -428,8 +478,9 @@ async fn the_status_says_where_a_commit_is() {
     env.start_workers(2);
     env.wait_loaded(id, FINAL_WITHIN).await;
 
-    // Hold the commit at its index build (the staging table locked), then at its attach
-    // (`prices_by_batch` locked against ATTACH; readers are not blocked by this lock).
+    // Hold the commit at its index build (the staging table and so its parts locked), then at
+    // its foreign keys (`ports` locked against adding a key), then at its attach
+    // (`prices_by_batch` locked against ATTACH; readers are not blocked by these locks).
     let holder = ingest_core::db::connect(&env.database_url).await.unwrap();
     holder
         .batch_execute(&format!(
@@ -441,17 +492,25 @@ async fn the_status_says_where_a_commit_is() {
     env.start_coordinator().await;
     let at_index = wait_for_commit_step(&env, id, CommitStep::Index).await;
     assert_eq!(at_index.state, BatchState::Committing);
-    // Take the lock on prices_by_batch first, then release the staging table: the index build
-    // finishes and ATTACH waits.
+    // Each lock is taken before the one ahead of it is released.
+    let ports = ingest_core::db::connect(&env.database_url).await.unwrap();
+    ports
+        .batch_execute("BEGIN; LOCK TABLE ports IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    holder.batch_execute("COMMIT").await.unwrap();
+    let at_keys = wait_for_commit_step(&env, id, CommitStep::ForeignKeys).await;
+    let progress = at_keys.commit.unwrap();
+    assert!(progress.phase.contains("foreign keys"), "{progress:?}");
     let blocker = ingest_core::db::connect(&env.database_url).await.unwrap();
     blocker
         .batch_execute("BEGIN; LOCK TABLE prices_by_batch IN SHARE MODE")
         .await
         .unwrap();
-    holder.batch_execute("COMMIT").await.unwrap();
+    ports.batch_execute("COMMIT").await.unwrap();
     let at_attach = wait_for_commit_step(&env, id, CommitStep::Attach).await;
     let progress = at_attach.commit.unwrap();
-    assert!(progress.phase.contains("foreign keys"), "{progress:?}");
+    assert!(progress.phase.contains("attaching"), "{progress:?}");
     assert_eq!(
         env.prices_count().await,
         0,

@@ -233,7 +233,8 @@ async fn a_chunk_delivered_twice_loads_its_rows_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_database_enforces_port_codes_at_commit() {
     // The validator accepted the file; a port disappears before the commit. PostgreSQL's
-    // foreign keys, checked in bulk when the batch is attached, still refuse it.
+    // foreign keys, validated in bulk on each part of the batch before it is attached, still
+    // refuse it.
     let mut env = TestEnv::start(Options {
         workers: 0,
         chunk_rows: 5_000,
@@ -254,7 +255,10 @@ async fn the_database_enforces_port_codes_at_commit() {
     let status = env.wait_final(id, Duration::from_secs(120)).await;
     assert_eq!(status.state, BatchState::Failed, "{status:#?}");
     let error = status.error.as_deref().unwrap();
-    assert!(error.contains("attaching the batch to prices"), "{error}");
+    assert!(
+        error.starts_with("validating the foreign keys failed: "),
+        "{error}"
+    );
     assert!(error.contains("23503"), "{error}");
     assert!(error.contains("CNGGZ"), "{error}");
     assert_eq!(env.prices_count().await, 0);

@@ -1,6 +1,6 @@
 //! `INGEST_VISIBLE_BEFORE_INDEX`: a batch is visible once its rows are loaded and its foreign keys
-//! validated, and gets its read index right after (CREATE INDEX CONCURRENTLY); a partition whose
-//! index build was cut off gets it built again by the commit loop.
+//! validated, and gets its read index right after (CREATE INDEX CONCURRENTLY, part by part); a
+//! part whose index build was cut off gets it built again by the commit loop.
 
 use ingest_testkit::{Options, TestEnv};
 use ingest_wire::BatchState;
@@ -8,16 +8,26 @@ use std::time::Duration;
 
 const WITHIN: Duration = Duration::from_secs(120);
 
-/// Whether the batch's read index exists and is valid.
+/// Whether each part of the batch has its read index, valid.
 async fn indexed(env: &TestEnv, batch: i64) -> bool {
-    env.db
-        .query_one(
-            "SELECT coalesce((SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)), false)",
-            &[&format!("price_batches.batch_{batch}_route_day")],
+    let parts: Vec<(String, bool)> = env
+        .db
+        .query(
+            "SELECT c.relname, coalesce((SELECT indisvalid FROM pg_index \
+                 WHERE indexrelid = to_regclass('price_batches.' || c.relname || '_route_day')), false) \
+             FROM pg_partition_tree(to_regclass($1)) t JOIN pg_class c ON c.oid = t.relid \
+             WHERE t.isleaf",
+            &[&format!("price_batches.batch_{batch}")],
         )
         .await
         .unwrap()
-        .get(0)
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|(name, _)| name.as_str()).collect();
+    let expected = [format!("batch_{batch}_p0"), format!("batch_{batch}_p1")];
+    assert_eq!(names, expected, "the batch's parts");
+    parts.iter().all(|(_, valid)| *valid)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +53,7 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
     // loop builds it again.
     env.db
         .batch_execute(&format!(
-            "DROP INDEX price_batches.batch_{}_route_day",
+            "DROP INDEX price_batches.batch_{}_p1_route_day",
             id.0
         ))
         .await
@@ -68,8 +78,10 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
         .map(|row| row.get(0))
         .collect();
     let plan = plan.join("\n");
-    assert!(
-        plan.contains(&format!("batch_{}_route_day", id.0)),
-        "{plan}"
-    );
+    for part in 0..2 {
+        assert!(
+            plan.contains(&format!("batch_{}_p{part}_route_day", id.0)),
+            "{plan}"
+        );
+    }
 }
