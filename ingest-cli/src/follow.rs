@@ -62,6 +62,11 @@ pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
             .rows_per_second
             .map_or("?".to_string(), |rate| format!("{rate:.0}"));
         println!("batch {id} committed: {rows} rows visible in prices (commit {commit} s, {rate} rows/s)");
+        if status.indexed == Some(false) {
+            println!(
+                "batch {id}: its read index is still being built (reads of it scan meanwhile)"
+            );
+        }
         return Ok(());
     }
     print_errors(&status.errors, status.error_count);

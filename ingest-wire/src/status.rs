@@ -56,6 +56,11 @@ pub struct BatchStatus {
     /// Where the commit is, while the batch is `committing` and a coordinator works on it.
     #[serde(default)]
     pub commit: Option<CommitProgress>,
+    /// Once the batch is committed: whether its read index is built. Always true by default;
+    /// with `INGEST_VISIBLE_BEFORE_INDEX` a batch is readable before its index is (reads of it
+    /// scan its rows until then).
+    #[serde(default)]
+    pub indexed: Option<bool>,
 }
 
 /// The steps of a commit, in order.

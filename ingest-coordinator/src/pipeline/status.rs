@@ -27,7 +27,8 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
                 coalesce(sum(c.rows) FILTER (WHERE c.state = '{loaded_name}'), 0)::bigint,
                 coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
                 min(c.created_at),
-                b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at
+                b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at,
+                CASE WHEN b.state = '{committed}' THEN NOT EXISTS ({unindexed}) END
          FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id",
         pending = count(ChunkState::Pending),
         queued = count(ChunkState::Queued),
@@ -36,8 +37,19 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
         failed = ChunkState::Failed.as_str(),
         dead = ChunkState::Dead.as_str(),
         loaded_name = ChunkState::Loaded.as_str(),
+        committed = BatchState::Committed.as_str(),
+        unindexed = UNINDEXED,
     )
 });
+
+/// The tables of batch `b.id` (its parts, or its staging table when it has none) without a
+/// valid index; none once the batch was merged (a merged table is built with its index). Read
+/// from the catalog alone: no lock taken.
+const UNINDEXED: &str = "SELECT 1 FROM pg_class t \
+     WHERE ((t.oid = to_regclass('price_batches.batch_' || b.id) AND t.relkind = 'r') \
+            OR t.oid IN (SELECT inhrelid FROM pg_inherits \
+                         WHERE inhparent = to_regclass('price_batches.batch_' || b.id))) \
+       AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = t.oid AND x.indisvalid)";
 
 /// A count read from the ledger (never negative).
 fn count(row: &Row, index: usize) -> u64 {
@@ -114,6 +126,7 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         eta_seconds,
         outage,
         commit: None,
+        indexed: row.get(25),
     })
 }
 

@@ -55,6 +55,11 @@ async fn the_sample_batch_loads_exactly_through_three_workers() {
     assert_eq!(status.chunks.failed, 0);
     assert_eq!(status.error, None);
     assert_eq!(status.eta_seconds, None);
+    assert_eq!(
+        status.indexed,
+        Some(true),
+        "visible with its index by default"
+    );
     assert!(status.finished_at.is_some());
     assert!(status.rows_per_second.unwrap() > 0.0);
     assert_eq!(status.bytes_received, file.len() as u64);

@@ -48,9 +48,14 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
         indexed(&env, id.0).await
     })
     .await;
+    assert_eq!(env.status(id).await.indexed, Some(true));
 
     // A build cut off after the batch became visible leaves it without an index: the commit
-    // loop builds it again.
+    // loop builds it again. Holding the batch's commit lock keeps the loop away until the status
+    // is read.
+    assert!(ingest_core::ledger::try_lock_commit(&env.db, id)
+        .await
+        .unwrap());
     env.db
         .batch_execute(&format!(
             "DROP INDEX price_batches.batch_{}_p1_route_day",
@@ -59,10 +64,20 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
         .await
         .unwrap();
     assert!(!indexed(&env, id.0).await);
+    let status = env.status(id).await;
+    assert_eq!(
+        (status.state, status.indexed),
+        (BatchState::Committed, Some(false)),
+        "the status says the index is not there"
+    );
+    ingest_core::ledger::unlock_commit(&env.db, id)
+        .await
+        .unwrap();
     env.wait_until("the lost index to be built again", WITHIN, || async {
         indexed(&env, id.0).await
     })
     .await;
+    assert_eq!(env.status(id).await.indexed, Some(true));
     assert_eq!(env.prices_count().await, 56_689);
 
     // Reads of a route use it.
