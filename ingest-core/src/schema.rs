@@ -159,9 +159,22 @@ pub fn validate_part_sql(table_name: &str, keys: usize) -> String {
         .collect()
 }
 
-/// The definitions of `prices_by_batch`'s foreign keys, in a fixed order.
-pub const FOREIGN_KEYS_SQL: &str = "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
-     WHERE conrelid = 'prices_by_batch'::regclass AND contype = 'f' ORDER BY conname";
+/// The definitions of `prices_by_batch`'s foreign keys (as `pg_get_constraintdef` prints them),
+/// in a fixed order.
+pub async fn foreign_keys(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(client
+        .query(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'prices_by_batch'::regclass AND contype = 'f' ORDER BY conname",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
+}
 
 /// DDL that removes everything a failed or cancelled batch staged.
 pub fn drop_staging_sql(batch_id: BatchId) -> String {

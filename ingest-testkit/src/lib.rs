@@ -329,6 +329,44 @@ impl TestEnv {
         self.submit_with(body, &[]).await
     }
 
+    /// Submits the sample file (56,689 prices) and returns its batch id, once accepted (202).
+    pub async fn submit_sample(&self) -> BatchId {
+        let file = std::fs::read(sample_prices()).expect("the sample file");
+        let (code, accepted) = self.submit(file).await;
+        assert_eq!(code, 202, "{accepted:?}");
+        accepted.id()
+    }
+
+    /// Submits the sample file and waits until its batch is committed (failing the test if it
+    /// ends otherwise); returns its final status.
+    pub async fn submit_sample_committed(&self, within: Duration) -> BatchStatus {
+        let id = self.submit_sample().await;
+        let status = self.wait_final(id, within).await;
+        assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+        status
+    }
+
+    /// Asserts that PostgreSQL refuses a row written straight into `prices` with an unknown
+    /// port code (the foreign keys hold), and that nothing changed.
+    pub async fn assert_unknown_port_refused(&self) {
+        let before = self.prices_count().await;
+        let refused = self
+            .db
+            .execute(
+                "INSERT INTO prices (orig_code, dest_code, day, price) \
+                 VALUES ('XXXXX', 'NLRTM', '2017-01-01', 1)",
+                &[],
+            )
+            .await
+            .expect_err("an unknown port code is refused");
+        assert_eq!(
+            refused.code(),
+            Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION),
+            "{refused}"
+        );
+        assert_eq!(self.prices_count().await, before);
+    }
+
     /// `POST /batches` with extra headers.
     pub async fn submit_with(
         &self,

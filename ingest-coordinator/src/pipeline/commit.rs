@@ -160,12 +160,7 @@ async fn commit_locked(
         return Ok(Other(Committed::Skipped));
     }
     let parts = leaves(client, batch_id).await?;
-    let keys: Vec<String> = client
-        .query(schema::FOREIGN_KEYS_SQL, &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let keys = schema::foreign_keys(&*client).await?;
     // Every part's session runs to its end (none is dropped mid-statement, which would leave
     // its statement running on a pooled connection); the first failure is returned.
     futures_util::future::join_all(

@@ -166,12 +166,7 @@ pub async fn merge(
     }) {
         return Err(Fault::outage("the partitions changed meanwhile"));
     }
-    let foreign_keys: Vec<String> = tx
-        .query(schema::FOREIGN_KEYS_SQL, &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let foreign_keys = schema::foreign_keys(&tx).await?;
     let sources = parts
         .iter()
         .map(|part| {

@@ -231,14 +231,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         .exists());
     // Killed after the foreign keys of one part were added NOT VALID, before their validation.
     assert!(ledger::start_commit(&env.db, keys_not_valid).await.unwrap());
-    let keys: Vec<String> = env
-        .db
-        .query(schema::FOREIGN_KEYS_SQL, &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    let keys = schema::foreign_keys(&env.db).await.unwrap();
     assert_eq!(keys.len(), 2);
     env.db
         .batch_execute(&schema::foreign_keys_part_sql(

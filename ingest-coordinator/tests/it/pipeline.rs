@@ -246,10 +246,7 @@ async fn the_database_enforces_port_codes_at_commit() {
         ..Options::default()
     })
     .await;
-    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
-    let (code, accepted) = env.submit(file).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let id = accepted.id();
+    let id = env.submit_sample().await;
     let removed = env
         .db
         .execute("DELETE FROM ports WHERE code = 'CNGGZ'", &[])
@@ -285,13 +282,7 @@ async fn the_database_enforces_port_codes_at_commit() {
 async fn rows_written_straight_into_prices_have_a_home() {
     // The ratestask API's own price upload, or an operator's fix: a plain INSERT on `prices`.
     let env = TestEnv::start(Options::default()).await;
-    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
-    let (code, accepted) = env.submit(file).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let status = env
-        .wait_final(accepted.id(), Duration::from_secs(120))
-        .await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    env.submit_sample_committed(Duration::from_secs(120)).await;
 
     let inserted = env
         .db
@@ -315,18 +306,6 @@ async fn rows_written_straight_into_prices_have_a_home() {
         .get(0);
     assert_eq!(direct, 2);
     // The foreign keys hold for direct writes too.
-    let refused = env
-        .db
-        .execute(
-            "INSERT INTO prices (orig_code, dest_code, day, price)
-             VALUES ('XXXXX', 'NLRTM', '2017-01-01', 1)",
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        Some(&tokio_postgres::error::SqlState::FOREIGN_KEY_VIOLATION)
-    );
+    env.assert_unknown_port_refused().await;
     assert_eq!(env.prices_count().await, SAMPLE_ROWS + 2);
 }

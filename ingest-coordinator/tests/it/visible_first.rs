@@ -37,12 +37,7 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
         ..Options::default()
     })
     .await;
-    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
-    let (code, accepted) = env.submit(file).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let id = accepted.id();
-    let status = env.wait_final(id, WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    let id = env.submit_sample_committed(WITHIN).await.id;
     assert_eq!(env.prices_count().await, 56_689);
     env.wait_until("the visible batch's index", WITHIN, || async {
         indexed(&env, id.0).await

@@ -6,7 +6,6 @@
 use ingest_testkit::outage::close_channels_of;
 use ingest_testkit::process::start_worker;
 use ingest_testkit::{Options, TestEnv};
-use ingest_wire::BatchState;
 use std::process::Command;
 use std::time::Duration;
 
@@ -60,11 +59,7 @@ async fn a_closed_connection_comes_back_and_a_deleted_queue_ends_the_worker() {
         env.consumers().await == 1
     })
     .await;
-    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
-    let (code, accepted) = env.submit(file).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let status = env.wait_final(accepted.id(), WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    env.submit_sample_committed(WITHIN).await;
     assert_eq!(env.prices_count().await, 56_689);
     assert!(worker.is_running());
 
@@ -115,11 +110,7 @@ async fn a_channel_the_broker_closed_is_replaced_and_the_worker_loads_again() {
         assert_eq!(env.consumers().await, 1);
     }
     assert_eq!(connection_pid(&name), Some(connection), "same connection");
-    let file = std::fs::read(ingest_testkit::sample_prices()).unwrap();
-    let (code, accepted) = env.submit(file).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let status = env.wait_final(accepted.id(), WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    env.submit_sample_committed(WITHIN).await;
     assert_eq!(env.prices_count().await, 56_689);
     assert!(worker.is_running(), "{}", worker.logs());
 }
