@@ -340,8 +340,11 @@ def partitions_bench(path, batches, rows_each, partitions_max, out):
         before = int(sql(db, partitions_sql))
         plan_before, run_before = rates_query_ms(db)
         started = time.monotonic()
-        subprocess.run([f"{RELEASE}/ingest-coordinator", "--partitions-max", str(partitions_max),
-                        "merge"], env=env, check=True, capture_output=True)
+        merged = subprocess.run([f"{RELEASE}/ingest-coordinator", "--partitions-max",
+                                 str(partitions_max), "merge"], env=env, capture_output=True,
+                                text=True)
+        if merged.returncode != 0:
+            raise RuntimeError("ingest-coordinator merge failed: " + merged.stderr.strip())
         merge_seconds = time.monotonic() - started
         after = int(sql(db, partitions_sql))
         plan_after, run_after = rates_query_ms(db)

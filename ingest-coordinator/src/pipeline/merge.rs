@@ -35,6 +35,8 @@ pub struct Partition {
     pub batches: Vec<BatchId>,
     /// Its size on disk with its indexes (all its parts'), in bytes.
     pub bytes: i64,
+    /// The tables that hold its rows: its parts, or itself when it has none.
+    pub tables: usize,
 }
 
 /// What one merge did.
@@ -58,7 +60,8 @@ pub async fn partitions(client: &impl GenericClient) -> Result<Vec<Partition>, F
                     pg_get_expr(c.relpartbound, c.oid), \
                     pg_total_relation_size(c.oid) \
                     + coalesce((SELECT sum(pg_total_relation_size(p.inhrelid)) \
-                                FROM pg_inherits p WHERE p.inhparent = c.oid), 0)::bigint \
+                                FROM pg_inherits p WHERE p.inhparent = c.oid), 0)::bigint, \
+                    greatest(1, (SELECT count(*) FROM pg_inherits p WHERE p.inhparent = c.oid)) \
              FROM pg_inherits i \
              JOIN pg_class c ON c.oid = i.inhrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -75,6 +78,7 @@ pub async fn partitions(client: &impl GenericClient) -> Result<Vec<Partition>, F
                 batches: bound_batches(&bound)
                     .ok_or_else(|| Fault::outage(format!("unexpected partition bound {bound}")))?,
                 bytes: row.get(2),
+                tables: usize::try_from(row.get::<_, i64>(3)).unwrap_or(1),
             })
         })
         .collect()
@@ -89,10 +93,19 @@ fn bound_batches(bound: &str) -> Option<Vec<BatchId>> {
         .collect()
 }
 
+/// Tables (parts or plain partitions) one merge reads, detaches and drops at most. Each brings
+/// about four entries into PostgreSQL's lock table in the merge's one transaction (the table, its
+/// index, its TOAST table and TOAST index), and that table holds `max_locks_per_transaction`
+/// (64) × `max_connections` (100) entries by default, for all sessions together: a merge of 300
+/// two-part batches at once ran out of it (`out of shared memory`, SQLSTATE 53200). Past this
+/// many, the rest waits for the next merge, which comes right after.
+pub const MERGE_TABLES_MAX: usize = 128;
+
 /// The partitions to merge now, given the bound: none while there are at most `max`; else the
-/// smallest, as many as bring the count down to half the bound (at least two). Partitions of
-/// `max_bytes` or more are never merged again: copying big batches to save a few plan entries
-/// costs more than it gains, so past that size a partition counts but stays as it is.
+/// smallest, as many as bring the count down to half the bound (at least two), or as many as
+/// hold [`MERGE_TABLES_MAX`] tables. Partitions of `max_bytes` or more are never merged again:
+/// copying big batches to save a few plan entries costs more than it gains, so past that size
+/// a partition counts but stays as it is.
 pub fn to_merge(all: Vec<Partition>, max: usize, max_bytes: i64) -> Vec<Partition> {
     let count = all.len();
     if count <= max {
@@ -101,10 +114,20 @@ pub fn to_merge(all: Vec<Partition>, max: usize, max_bytes: i64) -> Vec<Partitio
     let mut small: Vec<Partition> = all.into_iter().filter(|p| p.bytes < max_bytes).collect();
     small.sort_by(|a, b| a.bytes.cmp(&b.bytes).then_with(|| a.table.cmp(&b.table)));
     let take = (count - max / 2 + 1).max(2);
+    let mut tables = 0;
+    let fits = small
+        .iter()
+        .take(take)
+        .take_while(|part| {
+            tables += part.tables;
+            tables <= MERGE_TABLES_MAX
+        })
+        .count();
+    // Two partitions at least, even when they hold more tables than the cap.
+    small.truncate(fits.max(2));
     if small.len() < 2 {
         return Vec::new();
     }
-    small.truncate(take);
     small
 }
 
@@ -225,6 +248,7 @@ mod tests {
             table: table.into(),
             batches: batches.iter().copied().map(BatchId).collect(),
             bytes,
+            tables: 2,
         }
     }
 
@@ -253,6 +277,28 @@ mod tests {
         );
         assert_eq!(to_merge(all.clone(), 1, 1000).len(), 5);
         assert!(to_merge(all[..1].to_vec(), 0, 1000).is_empty());
+    }
+
+    #[test]
+    fn one_merge_takes_at_most_its_share_of_the_lock_table() {
+        let all: Vec<Partition> = (1..=301)
+            .map(|i| part(&format!("t{i:03}"), &[i], i))
+            .collect();
+        // Bound 8: down to 4 asks for 298 partitions; 64 of two tables each fit in one merge,
+        // the smallest.
+        let merged = to_merge(all.clone(), 8, 1 << 40);
+        assert_eq!(merged.len(), MERGE_TABLES_MAX / 2);
+        assert_eq!(merged[0].table, "t001");
+        assert_eq!(merged.last().unwrap().table, "t064");
+        // Partitions bigger than the cap are still merged two at a time.
+        let wide: Vec<Partition> = all
+            .into_iter()
+            .map(|p| Partition {
+                tables: MERGE_TABLES_MAX,
+                ..p
+            })
+            .collect();
+        assert_eq!(to_merge(wide, 8, 1 << 40).len(), 2);
     }
 
     #[test]
