@@ -346,6 +346,21 @@ impl TestEnv {
         status
     }
 
+    /// Writes one price straight into `prices` from `CNSGH` to `NLRTM` on `day` (as the ratestask
+    /// API's own upload or an operator's fix would), outside any batch.
+    pub async fn insert_direct(&self, day: &str, price: i32) {
+        let inserted = self
+            .db
+            .execute(
+                "INSERT INTO prices (orig_code, dest_code, day, price) \
+                 VALUES ('CNSGH', 'NLRTM', $1::text::date, $2)",
+                &[&day, &price],
+            )
+            .await
+            .expect("a price written straight into prices");
+        assert_eq!(inserted, 1);
+    }
+
     /// Asserts that PostgreSQL refuses a row written straight into `prices` with an unknown
     /// port code (the foreign keys hold), and that nothing changed.
     pub async fn assert_unknown_port_refused(&self) {

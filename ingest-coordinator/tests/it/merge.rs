@@ -55,14 +55,7 @@ async fn three_hundred_batches_end_within_the_bound_and_readers_see_every_batch_
     .await;
     let codes = rates_file::port_codes(&ingest_testkit::data_dir());
     // A row written straight into `prices` (batch 0): merged like any batch, still writable.
-    env.db
-        .execute(
-            "INSERT INTO prices (orig_code, dest_code, day, price) \
-             VALUES ('CNSGH', 'NLRTM', '2017-01-01', 1234)",
-            &[],
-        )
-        .await
-        .unwrap();
+    env.insert_direct("2017-01-01", 1234).await;
 
     // A reader polls all along, each look one snapshot.
     let stop = Arc::new(AtomicBool::new(false));
@@ -154,14 +147,7 @@ async fn three_hundred_batches_end_within_the_bound_and_readers_see_every_batch_
     }
 
     // Still writable straight into `prices`, foreign keys still enforced.
-    env.db
-        .execute(
-            "INSERT INTO prices (orig_code, dest_code, day, price) \
-             VALUES ('CNSGH', 'NLRTM', '2017-01-02', 1)",
-            &[],
-        )
-        .await
-        .unwrap();
+    env.insert_direct("2017-01-02", 1).await;
     env.assert_unknown_port_refused().await;
     assert_eq!(env.prices_count().await, expected.0 + 1);
 }

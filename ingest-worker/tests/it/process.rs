@@ -4,7 +4,7 @@
 //! instead of staying up as a worker that does nothing.
 
 use ingest_testkit::outage::close_channels_of;
-use ingest_testkit::process::start_worker;
+use ingest_testkit::process::{start_worker, Spawned};
 use ingest_testkit::{Options, TestEnv};
 use std::process::Command;
 use std::time::Duration;
@@ -25,19 +25,26 @@ fn connection_pid(name: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_connection_comes_back_and_a_deleted_queue_ends_the_worker() {
+/// A coordinator without workers, and one worker process consuming from its queue; the
+/// worker's connection name.
+async fn one_worker_consuming() -> (TestEnv, Spawned, String) {
     let env = TestEnv::start(Options {
         workers: 0,
         ..Options::default()
     })
     .await;
     let name = format!("proc-{}", env.queue);
-    let mut worker = start_worker(EXE, &env, &name, "127.0.0.1:0");
+    let worker = start_worker(EXE, &env, &name, "127.0.0.1:0");
     env.wait_until("the worker to consume", WITHIN, || async {
         env.consumers().await == 1
     })
     .await;
+    (env, worker, name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_connection_comes_back_and_a_deleted_queue_ends_the_worker() {
+    let (env, mut worker, name) = one_worker_consuming().await;
 
     // The broker closes the worker's connection: it reconnects and consumes again.
     let first = connection_pid(&name).expect("the worker's connection");
@@ -87,17 +94,7 @@ async fn a_closed_connection_comes_back_and_a_deleted_queue_ends_the_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_the_broker_closed_is_replaced_and_the_worker_loads_again() {
-    let env = TestEnv::start(Options {
-        workers: 0,
-        ..Options::default()
-    })
-    .await;
-    let name = format!("proc-{}", env.queue);
-    let mut worker = start_worker(EXE, &env, &name, "127.0.0.1:0");
-    env.wait_until("the worker to consume", WITHIN, || async {
-        env.consumers().await == 1
-    })
-    .await;
+    let (env, mut worker, name) = one_worker_consuming().await;
     let connection = connection_pid(&name).expect("the worker's connection");
 
     // The broker closes the worker's channel (not its connection), twice.
