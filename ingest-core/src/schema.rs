@@ -29,14 +29,14 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
 }
 
 /// The qualified name of a batch's staging table (later its partition). It is partitioned by
-/// hash into parts ([`part_table`]), the tables that hold the rows.
+/// hash into parts ([`part_name`]), the tables that hold the rows.
 pub fn staging_table(batch_id: BatchId) -> String {
     format!("price_batches.batch_{batch_id}")
 }
 
-/// The qualified name of part `part` of a batch's staging table.
-pub fn part_table(batch_id: BatchId, part: u16) -> String {
-    format!("price_batches.batch_{batch_id}_p{part}")
+/// The name of part `part` of a batch's staging table, in the staging schema `price_batches`.
+pub fn part_name(batch_id: BatchId, part: u16) -> String {
+    format!("batch_{batch_id}_p{part}")
 }
 
 /// DDL that creates a batch's staging table: the columns of `prices_by_batch`, with `batch_id`
@@ -58,9 +58,9 @@ pub fn create_staging_sql(batch_id: BatchId, parts: u16) -> String {
     let parts = parts.max(1);
     for part in 0..parts {
         sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} \
+            "CREATE TABLE IF NOT EXISTS price_batches.{} PARTITION OF {table} \
              FOR VALUES WITH (MODULUS {parts}, REMAINDER {part});",
-            part_table(batch_id, part)
+            part_name(batch_id, part)
         ));
     }
     sql
@@ -107,16 +107,27 @@ pub fn staging_batch(table_name: &str) -> Option<BatchId> {
     id.parse::<i64>().ok().map(BatchId)
 }
 
-/// The unqualified names of the tables that hold a batch's staged rows: its parts, or the
-/// staging table itself when it has none (a batch staged before parts existed). Empty when the
-/// batch has no staging table (or it was merged away). Read from the catalog alone, so it takes
-/// no lock and does not wait behind one.
-pub const LEAVES_SQL: &str = "SELECT c.relname FROM pg_class c \
-     WHERE c.oid = to_regclass($1) AND c.relkind = 'r' \
-     UNION ALL \
-     SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
-     WHERE i.inhparent = to_regclass($1) \
-     ORDER BY 1";
+/// Which tables hold a batch's staged rows, as a condition on the `pg_class` row `t`, given an
+/// SQL expression for the staging table's qualified name: its parts, or the staging table itself
+/// when it has none (a batch staged before parts existed). None when the batch has no staging
+/// table (or it was merged away). It reads the catalog alone, so it takes no lock and does not
+/// wait behind one.
+pub fn holds_rows_of(staging_table: &str) -> String {
+    format!(
+        "((t.oid = to_regclass({staging_table}) AND t.relkind = 'r') \
+          OR t.oid IN (SELECT inhrelid FROM pg_inherits \
+                       WHERE inhparent = to_regclass({staging_table})))"
+    )
+}
+
+/// The names of the tables that hold the staged rows of the batch whose staging table is `$1`
+/// ([`holds_rows_of`]), in order.
+pub fn leaves_sql() -> String {
+    format!(
+        "SELECT t.relname::text FROM pg_class t WHERE {} ORDER BY 1",
+        holds_rows_of("$1")
+    )
+}
 
 /// DDL that makes a batch visible: its staging table becomes a partition of `prices_by_batch`.
 /// Each part's foreign keys are validated beforehand ([`foreign_keys_part_sql`]), so PostgreSQL

@@ -246,10 +246,10 @@ async fn prepare_steps(
     Ok(())
 }
 
-/// The tables that hold a batch's staged rows (see [`schema::LEAVES_SQL`]).
+/// The tables that hold a batch's staged rows (see [`schema::holds_rows_of`]).
 async fn leaves(client: &Client, batch_id: BatchId) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(client
-        .query(schema::LEAVES_SQL, &[&schema::staging_table(batch_id)])
+        .query(&schema::leaves_sql(), &[&schema::staging_table(batch_id)])
         .await?
         .iter()
         .map(|row| row.get(0))

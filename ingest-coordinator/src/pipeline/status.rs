@@ -8,6 +8,7 @@ use ingest_core::batch::BatchId;
 use ingest_core::chunk::ChunkState;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
+use ingest_core::schema;
 use ingest_wire::{
     BatchPage, BatchState, BatchStatus, ChunkCounts, CommitProgress, CommitStep, IdempotencyKey,
     Outage, RowError,
@@ -19,6 +20,13 @@ use tokio_postgres::{Client, Row};
 static SELECT: LazyLock<String> = LazyLock::new(|| {
     let count =
         |state: ChunkState| format!("count(c.seq) FILTER (WHERE c.state = '{}')", state.as_str());
+    // indexed: no table of the batch lacks a valid index (none once merged: a merged table is
+    // built with its index).
+    let unindexed = format!(
+        "SELECT 1 FROM pg_class t WHERE {} \
+           AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = t.oid AND x.indisvalid)",
+        schema::holds_rows_of("'price_batches.batch_' || b.id")
+    );
     format!(
         "SELECT b.id, b.state, b.rows_total, b.error, b.error_count, b.errors, b.bytes_received,
                 b.content_sha256, b.created_at, b.received_at, b.finished_at, b.commit_seconds,
@@ -38,18 +46,8 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
         dead = ChunkState::Dead.as_str(),
         loaded_name = ChunkState::Loaded.as_str(),
         committed = BatchState::Committed.as_str(),
-        unindexed = UNINDEXED,
     )
 });
-
-/// The tables of batch `b.id` (its parts, or its staging table when it has none) without a
-/// valid index; none once the batch was merged (a merged table is built with its index). Read
-/// from the catalog alone: no lock taken.
-const UNINDEXED: &str = "SELECT 1 FROM pg_class t \
-     WHERE ((t.oid = to_regclass('price_batches.batch_' || b.id) AND t.relkind = 'r') \
-            OR t.oid IN (SELECT inhrelid FROM pg_inherits \
-                         WHERE inhparent = to_regclass('price_batches.batch_' || b.id))) \
-       AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = t.oid AND x.indisvalid)";
 
 /// A count read from the ledger (never negative).
 fn count(row: &Row, index: usize) -> u64 {

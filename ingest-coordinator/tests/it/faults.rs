@@ -47,7 +47,7 @@ async fn partitions(env: &TestEnv) -> i64 {
 /// The DDL that builds the read index of both parts of a batch (the default `INGEST_BATCH_PARTS`).
 fn index_parts_sql(id: BatchId) -> String {
     (0..2)
-        .map(|part| schema::index_part_sql(&format!("batch_{id}_p{part}"), false) + ";")
+        .map(|part| schema::index_part_sql(&schema::part_name(id, part), false) + ";")
         .collect()
 }
 
@@ -235,7 +235,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     assert_eq!(keys.len(), 2);
     env.db
         .batch_execute(&schema::foreign_keys_part_sql(
-            &format!("batch_{keys_not_valid}_p0"),
+            &schema::part_name(keys_not_valid, 0),
             &keys,
         ))
         .await
