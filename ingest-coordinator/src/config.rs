@@ -107,7 +107,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_MERGE_POLL_MS", default_value_t = 5000)]
     pub merge_poll_ms: u64,
 
-    /// Parts each batch's staging table is split into (by a hash of the row). At commit the
+    /// Parts each batch's staging table is split into (chunks go to the parts in turn). At commit the
     /// parts' foreign keys are validated, and their indexes built, at the same time, one
     /// session each: set it to the cores PostgreSQL can give one commit. Readers plan over
     /// every part until a merge folds them.

@@ -25,6 +25,31 @@ impl fmt::Display for ChunkSeq {
     }
 }
 
+/// The part of its batch's staging table a chunk is copied into (`chunks.part`). Chunks go to the
+/// parts in turn, so the parts hold about the same number of rows, and a worker copies a chunk
+/// straight into its part (see `schema::create_staging_sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Part(pub u16);
+
+impl Part {
+    /// The part of chunk `seq` of a batch staged in `parts` parts.
+    pub fn of(seq: ChunkSeq, parts: u16) -> Part {
+        let parts = i32::from(parts.max(1));
+        Part(u16::try_from(seq.get().rem_euclid(parts)).expect("below a u16"))
+    }
+
+    /// The number.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Part {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Where a chunk is. Stored as text in `chunks.state`; transitions happen only in
 /// [`crate::ledger`].
 ///
@@ -114,11 +139,15 @@ pub struct ChunkMessage {
     pub seq: ChunkSeq,
     /// How many rows the COPY stream holds; the worker checks COPY's count against it.
     pub rows: u32,
+    /// The part of the staging table to copy into; `None` for a chunk of a batch staged before
+    /// parts by chunk (the worker copies into the staging table and PostgreSQL routes the rows).
+    pub part: Option<Part>,
 }
 
 const BATCH_ID: &str = "batch_id";
 const SEQ: &str = "seq";
 const ROWS: &str = "rows";
+const PART: &str = "part";
 
 impl ChunkMessage {
     /// The AMQP headers that carry this message.
@@ -130,6 +159,9 @@ impl ChunkMessage {
         );
         table.insert(ShortString::from(SEQ), AMQPValue::LongInt(self.seq.get()));
         table.insert(ShortString::from(ROWS), AMQPValue::LongUInt(self.rows));
+        if let Some(part) = self.part {
+            table.insert(ShortString::from(PART), AMQPValue::ShortUInt(part.get()));
+        }
         table
     }
 
@@ -143,6 +175,7 @@ impl ChunkMessage {
                 AMQPValue::LongInt(v) => Some(i64::from(*v)),
                 AMQPValue::ShortInt(v) => Some(i64::from(*v)),
                 AMQPValue::LongUInt(v) => Some(i64::from(*v)),
+                AMQPValue::ShortUInt(v) => Some(i64::from(*v)),
                 _ => None,
             }
         };
@@ -150,6 +183,10 @@ impl ChunkMessage {
             batch_id: BatchId(int(BATCH_ID)?),
             seq: ChunkSeq(i32::try_from(int(SEQ)?).ok()?),
             rows: u32::try_from(int(ROWS)?).ok()?,
+            part: match map.get(PART) {
+                None => None,
+                Some(_) => Some(Part(u16::try_from(int(PART)?).ok()?)),
+            },
         })
     }
 }
@@ -160,13 +197,33 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        let msg = ChunkMessage {
+        for part in [Some(Part(1)), None] {
+            let msg = ChunkMessage {
+                batch_id: BatchId(42),
+                seq: ChunkSeq(7),
+                rows: 5000,
+                part,
+            };
+            assert_eq!(ChunkMessage::from_headers(&msg.to_headers()), Some(msg));
+        }
+        assert_eq!(ChunkMessage::from_headers(&FieldTable::default()), None);
+        let mut mistyped = ChunkMessage {
             batch_id: BatchId(42),
             seq: ChunkSeq(7),
             rows: 5000,
-        };
-        assert_eq!(ChunkMessage::from_headers(&msg.to_headers()), Some(msg));
-        assert_eq!(ChunkMessage::from_headers(&FieldTable::default()), None);
+            part: None,
+        }
+        .to_headers();
+        mistyped.insert(ShortString::from(PART), AMQPValue::LongInt(-1));
+        assert_eq!(ChunkMessage::from_headers(&mistyped), None);
+    }
+
+    #[test]
+    fn chunks_go_to_the_parts_in_turn() {
+        let parts: Vec<u16> = (0..7).map(|seq| Part::of(ChunkSeq(seq), 3).get()).collect();
+        assert_eq!(parts, [0, 1, 2, 0, 1, 2, 0]);
+        assert_eq!(Part::of(ChunkSeq(5), 1), Part(0));
+        assert_eq!(Part::of(ChunkSeq(5), 0), Part(0));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! so a chunk delivered twice is loaded once (the second delivery finds it `loaded`).
 
 use crate::batch::{BatchId, BatchState};
-use crate::chunk::{ChunkSeq, ChunkState};
+use crate::chunk::{ChunkSeq, ChunkState, Part};
 use crate::schema;
 use ingest_wire::{IdempotencyKey, LineNumber, RowError};
 use std::error::Error as StdError;
@@ -442,6 +442,9 @@ pub struct ChunkRecord {
     pub last_line: LineNumber,
     /// How many rows it holds.
     pub rows: u32,
+    /// The part of the staging table it is copied into (`None`: a batch staged before parts by
+    /// chunk).
+    pub part: Option<Part>,
 }
 
 /// Records a chunk as `pending` before it is published (idempotent).
@@ -451,8 +454,8 @@ pub async fn record_chunk(
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "INSERT INTO chunks (batch_id, seq, first_line, last_line, rows, state)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO chunks (batch_id, seq, first_line, last_line, rows, state, part)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (batch_id, seq) DO NOTHING",
             &[
                 &chunk.batch_id.get(),
@@ -461,6 +464,9 @@ pub async fn record_chunk(
                 &to_i64(chunk.last_line.get()),
                 &to_i32(chunk.rows),
                 &ChunkState::Pending.as_str(),
+                &chunk
+                    .part
+                    .map(|part| i16::try_from(part.get()).expect("parts are few")),
             ],
         )
         .await?;
@@ -670,7 +676,7 @@ pub async fn chunks_to_redrive(
     let rows = client
         .query(
             "SELECT c.batch_id, c.seq, c.rows, c.attempts, c.failures, c.last_error,
-                    c.first_line, c.last_line, c.state
+                    c.first_line, c.last_line, c.state, c.part
              FROM chunks c JOIN batches b ON b.id = c.batch_id
              WHERE b.state = ANY($1)
                AND (c.state = $2
@@ -696,6 +702,11 @@ pub async fn chunks_to_redrive(
                     rows: from_i32(row.get(2)),
                     first_line: LineNumber(from_i64(row.get(6))),
                     last_line: LineNumber(from_i64(row.get(7))),
+                    // `chunks.part` is checked to be at least 0.
+                    part: row
+                        .get::<_, Option<i16>>(9)
+                        .and_then(|part| u16::try_from(part).ok())
+                        .map(Part),
                 },
                 reason: RedriveReason::of(row.try_get::<_, Stored<ChunkState>>(8)?.0),
                 attempts: from_i32(row.get(3)),

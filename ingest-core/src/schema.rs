@@ -6,6 +6,7 @@
 //! from a file or a request is ever put into SQL text.
 
 use crate::batch::BatchId;
+use crate::chunk::Part;
 use anyhow::Context;
 
 mod embedded {
@@ -14,11 +15,25 @@ mod embedded {
 
 /// Applies every migration not yet applied. Idempotent; safe on every start.
 pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> {
+    migrate_to(client, None).await
+}
+
+/// Applies the migrations not yet applied up to version `until` (all of them with `None`): an
+/// upgrade test builds what an older coordinator left behind on a schema of that version.
+pub async fn migrate_to(
+    client: &mut tokio_postgres::Client,
+    until: Option<u32>,
+) -> anyhow::Result<()> {
+    let target = match until {
+        Some(version) => refinery::Target::Version(version.try_into().context("version")?),
+        None => refinery::Target::Latest,
+    };
     // Two coordinators starting together must not both run the same migration.
     client
         .execute("SELECT pg_advisory_lock(7461900001)", &[])
         .await?;
     let result = embedded::migrations::runner()
+        .set_target(target)
         .run_async(client)
         .await
         .context("applying migrations");
@@ -28,22 +43,23 @@ pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<()> 
     result.map(|_| ())
 }
 
-/// The qualified name of a batch's staging table (later its partition). It is partitioned by
-/// hash into parts ([`part_name`]), the tables that hold the rows.
+/// The qualified name of a batch's staging table (later its partition). It is partitioned into
+/// parts ([`part_name`]), the tables that hold the rows.
 pub fn staging_table(batch_id: BatchId) -> String {
     format!("price_batches.batch_{batch_id}")
 }
 
 /// The name of part `part` of a batch's staging table, in the staging schema `price_batches`.
-pub fn part_name(batch_id: BatchId, part: u16) -> String {
+pub fn part_name(batch_id: BatchId, part: Part) -> String {
     format!("batch_{batch_id}_p{part}")
 }
 
 /// DDL that creates a batch's staging table: the columns of `prices_by_batch`, with `batch_id`
-/// defaulted and checked so that COPY sends four columns and ATTACH skips its scan, split by a
-/// hash of the row into `parts` tables. Workers COPY into the staging table and PostgreSQL
-/// routes each row to its part; at commit each part's foreign keys are validated (and its
-/// index built) in its own session, so the commit uses as many cores as there are parts.
+/// defaulted and checked so that COPY sends four columns and ATTACH skips its scan, split into
+/// `parts` tables by the column `part`, which each part defaults to its own number. A worker
+/// copies a chunk straight into the chunk's part ([`copy_sql`]), so PostgreSQL routes no row;
+/// at commit each part's foreign keys are validated (and its index built) in its own session, so
+/// the commit uses as many cores as there are parts.
 pub fn create_staging_sql(batch_id: BatchId, parts: u16) -> String {
     let table = staging_table(batch_id);
     let mut sql = format!(
@@ -52,26 +68,29 @@ pub fn create_staging_sql(batch_id: BatchId, parts: u16) -> String {
            orig_code text NOT NULL, \
            dest_code text NOT NULL, \
            day date NOT NULL, \
-           price integer NOT NULL) \
-         PARTITION BY HASH (orig_code, dest_code, day);"
+           price integer NOT NULL, \
+           part smallint NOT NULL DEFAULT 0) \
+         PARTITION BY LIST (part);"
     );
-    let parts = parts.max(1);
-    for part in 0..parts {
+    for part in (0..parts.max(1)).map(Part) {
         sql.push_str(&format!(
             "CREATE TABLE IF NOT EXISTS price_batches.{} PARTITION OF {table} \
-             FOR VALUES WITH (MODULUS {parts}, REMAINDER {part});",
+             (part DEFAULT {part}) FOR VALUES IN ({part});",
             part_name(batch_id, part)
         ));
     }
     sql
 }
 
-/// The COPY statement a worker streams a chunk's binary payload into.
-pub fn copy_sql(batch_id: BatchId) -> String {
-    format!(
-        "COPY {} (orig_code, dest_code, day, price) FROM STDIN (FORMAT binary)",
-        staging_table(batch_id)
-    )
+/// The COPY statement a worker streams a chunk's binary payload into: straight into the chunk's
+/// part, or, for a chunk of a batch staged before parts by chunk (`None`), into the staging
+/// table, whose hash parts PostgreSQL routes each row to.
+pub fn copy_sql(batch_id: BatchId, part: Option<Part>) -> String {
+    let table = match part {
+        Some(part) => format!("price_batches.{}", part_name(batch_id, part)),
+        None => staging_table(batch_id),
+    };
+    format!("COPY {table} (orig_code, dest_code, day, price) FROM STDIN (FORMAT binary)")
 }
 
 /// The unqualified name of the read index of a table in the staging schema (a part, or a

@@ -97,6 +97,8 @@ pub struct Options {
     /// This test stops PostgreSQL or RabbitMQ: it runs alone (an exclusive lock that every other
     /// test environment takes shared).
     pub exclusive: bool,
+    /// Migrate the test database only up to this version (an upgrade test), not to the latest.
+    pub schema_version: Option<u32>,
 }
 
 impl Default for Options {
@@ -114,6 +116,7 @@ impl Default for Options {
             partitions_max: 64,
             visible_before_index: false,
             exclusive: false,
+            schema_version: None,
         }
     }
 }
@@ -190,7 +193,7 @@ impl TestEnv {
         config.db_pool = 8;
 
         let mut seed_client = db::connect(&database_url).await.expect("test database");
-        ingest_core::schema::migrate(&mut seed_client)
+        ingest_core::schema::migrate_to(&mut seed_client, options.schema_version)
             .await
             .expect("migrate");
         ingest_coordinator::seed::seed(&mut seed_client, &data_dir())

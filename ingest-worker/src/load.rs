@@ -69,7 +69,7 @@ async fn copy(
         return Ok(Outcome::AlreadyLoaded);
     }
     let sink = tx
-        .copy_in::<_, Bytes>(&schema::copy_sql(message.batch_id))
+        .copy_in::<_, Bytes>(&schema::copy_sql(message.batch_id, message.part))
         .await;
     let sink = match sink {
         Ok(sink) => sink,

@@ -80,6 +80,7 @@ pub async fn redrive(app: &AppState, after: Duration) -> Result<usize, Fault> {
             batch_id: chunk.batch_id,
             seq: chunk.seq,
             rows: chunk.rows,
+            part: chunk.part,
         };
         // An outage here leaves the chunk `pending`: the next passes publish it again.
         confirmed(publisher.send(message, &payload).await?).await?;

@@ -194,7 +194,7 @@ pub async fn merge(
         .iter()
         .map(|part| {
             format!(
-                "SELECT batch_id, orig_code, dest_code, day, price FROM {}",
+                "SELECT batch_id, orig_code, dest_code, day, price, part FROM {}",
                 part.table
             )
         })
@@ -202,7 +202,7 @@ pub async fn merge(
         .join(" UNION ALL ");
     tx.batch_execute(&format!(
         "CREATE TABLE {table} (LIKE prices_by_batch, CHECK (batch_id IN ({values})));\
-         INSERT INTO {table} (batch_id, orig_code, dest_code, day, price) {sources};\
+         INSERT INTO {table} (batch_id, orig_code, dest_code, day, price, part) {sources};\
          CREATE INDEX {index} ON {table} (orig_code, dest_code, day);"
     ))
     .await?;

@@ -12,7 +12,7 @@ use super::split::Chunk;
 use crate::state::AppState;
 use ingest_core::batch::BatchId;
 use ingest_core::broker::Link;
-use ingest_core::chunk::ChunkMessage;
+use ingest_core::chunk::{ChunkMessage, Part};
 use ingest_core::fault::Fault;
 use ingest_core::ledger::{self, ChunkRecord};
 use ingest_core::outage::{ride_through, Patience};
@@ -127,6 +127,8 @@ pub async fn publish_batch(
     mut chunks: mpsc::Receiver<Chunk>,
 ) -> Result<u32, Fault> {
     let patience = app.config.upload_patience();
+    // The batch's staging table was made with this many parts (`submit::open_batch`).
+    let parts = app.config.batch_parts;
     let publisher = Publisher::new(&app);
     let app = &app;
     let publisher_ref = &publisher;
@@ -139,6 +141,7 @@ pub async fn publish_batch(
             first_line: chunk.first_line,
             last_line: chunk.last_line,
             rows: chunk.rows,
+            part: Some(Part::of(chunk.seq, parts)),
         };
         let payload = &chunk.payload;
         ride_through(
@@ -161,6 +164,7 @@ pub async fn publish_batch(
             batch_id,
             seq: chunk.seq,
             rows: chunk.rows,
+            part: record.part,
         };
         let confirm = ride_through(patience, "publishing a chunk", move || async move {
             publisher_ref.send(message, payload).await

@@ -6,7 +6,7 @@
 //! themselves is `outages.rs`.)
 
 use ingest_coordinator::pipeline::commit::{self, Committed};
-use ingest_core::chunk::ChunkState;
+use ingest_core::chunk::{ChunkState, Part};
 use ingest_core::{ledger, schema};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, IdempotencyKey};
@@ -47,7 +47,7 @@ async fn partitions(env: &TestEnv) -> i64 {
 /// The DDL that builds the read index of both parts of a batch (the default `INGEST_BATCH_PARTS`).
 fn index_parts_sql(id: BatchId) -> String {
     (0..2)
-        .map(|part| schema::index_part_sql(&schema::part_name(id, part), false) + ";")
+        .map(|part| schema::index_part_sql(&schema::part_name(id, Part(part)), false) + ";")
         .collect()
 }
 
@@ -235,7 +235,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     assert_eq!(keys.len(), 2);
     env.db
         .batch_execute(&schema::foreign_keys_part_sql(
-            &schema::part_name(keys_not_valid, 0),
+            &schema::part_name(keys_not_valid, Part(0)),
             &keys,
         ))
         .await

@@ -9,5 +9,6 @@ mod page;
 mod pipeline;
 mod process;
 mod streaming;
+mod upgrade;
 mod validation;
 mod visible_first;

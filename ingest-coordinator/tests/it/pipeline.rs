@@ -3,7 +3,7 @@
 //! concurrent batches and duplicate deliveries.
 
 use ingest_coordinator::pipeline::publish::{confirmed, Publisher};
-use ingest_core::chunk::{ChunkMessage, ChunkSeq};
+use ingest_core::chunk::{ChunkMessage, ChunkSeq, Part};
 use ingest_testkit::{rates_file, Options, TestEnv};
 use ingest_wire::{BatchState, Readiness};
 use sha2::{Digest, Sha256};
@@ -71,6 +71,41 @@ async fn the_sample_batch_loads_exactly_through_three_workers() {
     assert_eq!(env.prices_count().await, SAMPLE_ROWS);
     assert_eq!(env.prices_checksum().await, file_checksum(&file));
     assert_eq!(env.unattached_staging_tables().await, 0);
+
+    // The chunks went to the two parts in turn, and each part holds exactly its chunks' rows.
+    let by_chunks: Vec<(String, i64)> = env
+        .db
+        .query(
+            "SELECT format('batch_%s_p%s', batch_id, part), sum(rows)::bigint FROM chunks \
+             WHERE batch_id = $1 AND part = seq % 2 GROUP BY 1 ORDER BY 1",
+            &[&id.get()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let by_table: Vec<(String, i64)> = env
+        .db
+        .query(
+            "SELECT tableoid::regclass::text, count(*) FROM prices_by_batch \
+             WHERE batch_id = $1 AND part = substring(tableoid::regclass::text from '_p(\\d+)$')::int \
+             GROUP BY 1 ORDER BY 1",
+            &[&id.get()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get::<_, String>(0).replace("price_batches.", ""), row.get(1)))
+        .collect();
+    assert_eq!(
+        by_chunks,
+        [
+            (format!("batch_{id}_p0"), 30_000),
+            (format!("batch_{id}_p1"), SAMPLE_ROWS - 30_000)
+        ]
+    );
+    assert_eq!(by_table, by_chunks);
 
     let (code, list) = env.get("/batches?limit=5").await;
     assert_eq!(code, 200);
@@ -202,7 +237,7 @@ async fn a_chunk_delivered_twice_loads_its_rows_once() {
     let chunks = env
         .db
         .query(
-            "SELECT seq, rows FROM chunks WHERE batch_id = $1 ORDER BY seq",
+            "SELECT seq, rows, part FROM chunks WHERE batch_id = $1 ORDER BY seq",
             &[&id.get()],
         )
         .await
@@ -214,6 +249,7 @@ async fn a_chunk_delivered_twice_loads_its_rows_once() {
             batch_id: id,
             seq,
             rows: row.get::<_, i32>(1) as u32,
+            part: row.get::<_, Option<i16>>(2).map(|part| Part(part as u16)),
         };
         confirmed(publisher.send(message, &payload).await.unwrap())
             .await
