@@ -482,6 +482,23 @@ impl TestEnv {
             .collect()
     }
 
+    /// A batch's rows by the table that holds them and their column `part`: (table, part,
+    /// rows), in order.
+    pub async fn rows_by_table(&self, id: BatchId) -> Vec<(String, i16, i64)> {
+        self.db
+            .query(
+                "SELECT c.relname::text, p.part, count(*) FROM prices_by_batch p \
+                 JOIN pg_class c ON c.oid = p.tableoid WHERE p.batch_id = $1 \
+                 GROUP BY 1, 2 ORDER BY 1, 2",
+                &[&id.get()],
+            )
+            .await
+            .expect("rows by table")
+            .iter()
+            .map(|row| (row.get(0), row.get(1), row.get(2)))
+            .collect()
+    }
+
     /// Tables left in the staging schema (not attached as partitions).
     pub async fn unattached_staging_tables(&self) -> i64 {
         self.db

@@ -109,20 +109,19 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
         i64::from(CHUNKS)
     );
     assert_eq!(env.prices_count().await, total);
-    let parts: Vec<(String, i64)> = env
-        .db
-        .query(
-            "SELECT tableoid::regclass::text, count(*) FROM prices_by_batch \
-             WHERE batch_id = $1 AND part = 0 GROUP BY 1 ORDER BY 1",
-            &[&id.get()],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| (row.get(0), row.get(1)))
-        .collect();
-    assert_eq!(parts.len(), 2, "both hash parts hold rows: {parts:?}");
-    assert_eq!(parts.iter().map(|(_, n)| n).sum::<i64>(), total);
+    let parts = env.rows_by_table(id).await;
+    assert_eq!(
+        parts
+            .iter()
+            .map(|(table, part, _)| (table.as_str(), *part))
+            .collect::<Vec<_>>(),
+        [
+            (format!("batch_{id}_p0").as_str(), 0),
+            (format!("batch_{id}_p1").as_str(), 0)
+        ],
+        "PostgreSQL routed the rows to both hash parts"
+    );
+    assert_eq!(parts.iter().map(|(_, _, n)| n).sum::<i64>(), total);
 
     // A batch submitted now is staged in parts by chunk.
     let status = env.submit_sample_committed(Duration::from_secs(120)).await;
