@@ -6,7 +6,7 @@
 # Starts a coordinator and 3 workers (release binaries) on the local PostgreSQL and RabbitMQ,
 # submits N generated rows (default 8,000,000, real port codes) with `ingest submit` (which sends
 # the file again with its Idempotency-Key when the coordinator cannot take it), and applies, about
-# 2 s apart:
+# 1 s apart:
 #   worker SIGKILL (a replacement starts) · RabbitMQ stop_app/start_app · worker SIGKILL ·
 #   PostgreSQL fast restart · worker SIGKILL · coordinator SIGKILL and restart ·
 #   PostgreSQL stopped 30 s · (2 s later, while it is still down) RabbitMQ stopped 60 s ·
@@ -14,7 +14,9 @@
 # --mode loading (default): the workers start once the upload is in (on 2 cores they would
 # otherwise load 8M rows before the first fault), and the faults start once they load;
 # --mode upload: the workers run from the start, the PostgreSQL restart and the coordinator kill
-# land during the upload, the rest after it.
+# land during the upload; after it, a worker SIGKILL, then the long outages at once, with the
+# RabbitMQ bounce while PostgreSQL is down (the last chunk is loaded as the upload ends, and the
+# commit must still be running when they come).
 #
 # A fault counts as landed when the batch was still open (not committed, failed or cancelled)
 # as it was applied. The verdict compares `prices` with the file per day (rows, sum of prices)
@@ -155,12 +157,14 @@ restart_coordinator() {
 }
 # The two long outages overlap: PostgreSQL goes down for 30 s, and 2 s later RabbitMQ for 60 s
 # (each comes back on its own clock). So both meet the batch open, however quick the steps before
-# were: nothing can finish a batch while PostgreSQL is down.
+# were: nothing can finish a batch while PostgreSQL is down. `long_outages NAME COMMAND...` also
+# applies that fault while PostgreSQL is down, before RabbitMQ goes.
 long_outages() {
   fault "PostgreSQL stopped 30 s" pg_ctlcluster --skip-systemctl-redirect "$pg_version" main stop -m fast
   (sleep 30; pg_ctlcluster --skip-systemctl-redirect "$pg_version" main start) &
   local postgres_back=$!
   sleep 2
+  if [ $# -gt 0 ]; then fault "$@"; fi
   fault "RabbitMQ stopped 60 s" rabbitmqctl -q stop_app
   (sleep 60; rabbitmqctl -q start_app) &
   local rabbitmq_back=$!
@@ -219,28 +223,26 @@ if [ "$mode" = loading ]; then
 fi
 
 if [ "$mode" = loading ]; then
+  # 1 s apart: 3 workers load 8M rows in about 7 s here, and the commit takes about 10 s.
   fault "worker SIGKILL" kill_worker
-  sleep 2
+  sleep 1
   fault "RabbitMQ stop_app/start_app" bounce_rabbitmq
-  sleep 2
+  sleep 1
   fault "worker SIGKILL" kill_worker
-  sleep 2
+  sleep 1
   fault "PostgreSQL fast restart" restart_postgres
-  sleep 2
+  sleep 1
   fault "worker SIGKILL" kill_worker
-  sleep 2
+  sleep 1
   fault "coordinator SIGKILL and restart" restart_coordinator
-  sleep 2
   long_outages
 else
-  # The workers loaded while the file came in, and the commit (the longest step) starts now.
+  # The workers loaded while the file came in, so the commit starts about now (since chunks go
+  # straight into their parts, the last one is loaded as the upload ends). PostgreSQL goes down
+  # at once, so that the outages meet the commit however quick it is, and RabbitMQ is bounced
+  # while PostgreSQL is down.
   fault "worker SIGKILL" kill_worker
-  sleep 2
-  fault "RabbitMQ stop_app/start_app" bounce_rabbitmq
-  sleep 2
-  fault "worker SIGKILL" kill_worker
-  sleep 2
-  long_outages
+  long_outages "RabbitMQ stop_app/start_app" bounce_rabbitmq
 fi
 while is_open; do
   sleep 5
