@@ -22,9 +22,9 @@
 //!    next start).
 //!
 //! With `INGEST_VISIBLE_BEFORE_INDEX`, the index of step 3 comes after step 4, still under the
-//! commit lock, as CREATE INDEX CONCURRENTLY on each part: the batch is visible as soon as its
-//! foreign keys are validated, and its readers scan its parts until their index is there. A build
-//! that was cut off (a kill, an outage) leaves the batch committed without a valid index;
+//! commit lock, as CREATE INDEX CONCURRENTLY on every part at once: the batch is visible as soon
+//! as its foreign keys are validated, and its readers scan its parts until their index is there.
+//! A build that was cut off (a kill, an outage) leaves the batch committed without a valid index;
 //! [`index_missing`], run by the commit loop, finds such parts and builds their index again.
 //!
 //! An outage at any step (a lost connection, `57P01`, a deadlock, a full disk, a catalog race)
@@ -101,7 +101,7 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
     };
     if !index_first && matches!(result, Ok(Visible(_))) {
         tracing::info!(%batch_id, seconds = started.elapsed().as_secs_f64(), "batch visible; building its index");
-        build_index(&client, batch_id).await;
+        build_index(app, &client, batch_id).await;
     }
     let released = match ledger::unlock_commit(&client, batch_id).await {
         Ok(()) => client.batch_execute("RESET application_name").await.is_ok(),
@@ -260,9 +260,9 @@ async fn leaves(client: &Client, batch_id: BatchId) -> Result<Vec<String>, tokio
 /// the batch's commit lock (held by the caller), after dropping what a cut-off build left. The
 /// batch stays committed whatever happens here: a failure is logged, and [`index_missing`] tries
 /// again later. Nothing to do when the partition was merged away meanwhile. True when it built.
-async fn build_index(client: &Client, batch_id: BatchId) -> bool {
+async fn build_index(app: &AppState, client: &Client, batch_id: BatchId) -> bool {
     let started = Instant::now();
-    match build_index_steps(client, batch_id).await {
+    match build_index_parts(app, client, batch_id).await {
         Ok(built) => {
             if built {
                 tracing::info!(
@@ -273,10 +273,10 @@ async fn build_index(client: &Client, batch_id: BatchId) -> bool {
             }
             built
         }
-        Err(error) => {
+        Err(fault) => {
             tracing::warn!(
                 %batch_id,
-                error = %ingest_core::fault::describe(&error),
+                %fault,
                 "building a visible batch's index failed; will try again"
             );
             false
@@ -284,35 +284,48 @@ async fn build_index(client: &Client, batch_id: BatchId) -> bool {
     }
 }
 
-/// [`build_index`]'s statements, part after part; false when there was nothing to build.
-async fn build_index_steps(
+/// [`build_index`] for every part at the same time, each in a session of its own: the builds do
+/// not wait for each other (PostgreSQL 14 and later let a CREATE INDEX CONCURRENTLY of a plain
+/// column index ignore the others' snapshots). Every session runs to its end; the first failure
+/// is returned. False when there was nothing to build.
+async fn build_index_parts(
+    app: &AppState,
     client: &Client,
     batch_id: BatchId,
-) -> Result<bool, tokio_postgres::Error> {
-    let mut built = false;
-    for part in leaves(client, batch_id).await? {
-        let index = format!("price_batches.{}", schema::index_name(&part));
-        let valid: Option<bool> = client
-            .query_one(
-                "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1))",
-                &[&index],
-            )
-            .await?
-            .get(0);
-        if valid == Some(true) {
-            continue;
-        }
-        if valid == Some(false) {
-            client
-                .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
-                .await?;
-        }
-        client
-            .batch_execute(&schema::index_part_sql(&part, true))
-            .await?;
-        built = true;
+) -> Result<bool, Fault> {
+    let parts = leaves(client, batch_id).await?;
+    let built =
+        futures_util::future::join_all(parts.iter().map(|part| build_part_index(app, part)))
+            .await
+            .into_iter()
+            .collect::<Result<Vec<bool>, Fault>>()?;
+    Ok(built.contains(&true))
+}
+
+/// The read index of one part, concurrently, in a pooled session; false when it had a valid one.
+async fn build_part_index(app: &AppState, part: &str) -> Result<bool, Fault> {
+    let client = app.pool.get().await?;
+    client.batch_execute(CLIENT_CHECK).await?;
+    let index = format!("price_batches.{}", schema::index_name(part));
+    let valid: Option<bool> = client
+        .query_one(
+            "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1))",
+            &[&index],
+        )
+        .await?
+        .get(0);
+    if valid == Some(true) {
+        return Ok(false);
     }
-    Ok(built)
+    if valid == Some(false) {
+        client
+            .batch_execute(&format!("DROP INDEX CONCURRENTLY IF EXISTS {index}"))
+            .await?;
+    }
+    client
+        .batch_execute(&schema::index_part_sql(part, true))
+        .await?;
+    Ok(true)
 }
 
 /// Builds the read index of every committed batch with a part that has none that is valid (a
@@ -346,7 +359,7 @@ pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
             continue;
         }
         client.batch_execute(CLIENT_CHECK).await?;
-        if build_index(&client, batch_id).await {
+        if build_index(app, &client, batch_id).await {
             built += 1;
         }
         ledger::unlock_commit(&client, batch_id).await?;
