@@ -107,9 +107,9 @@ pub struct Config {
     #[arg(long, env = "INGEST_MERGE_POLL_MS", default_value_t = 5000)]
     pub merge_poll_ms: u64,
 
-    /// Parts each batch's staging table is split into (chunks go to the parts in turn). At commit the
-    /// parts' foreign keys are validated, and their indexes built, at the same time, one
-    /// session each: set it to the cores PostgreSQL can give one commit. Readers plan over
+    /// Parts each batch's staging table is split into (chunks go to the parts in turn). At
+    /// commit the parts' foreign keys are validated, and their indexes built, at the same time,
+    /// one session each: set it to the cores PostgreSQL can give one commit. Readers plan over
     /// every part until a merge folds them.
     #[arg(long, env = "INGEST_BATCH_PARTS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
