@@ -99,9 +99,17 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         Ok(()) => commit_locked(app, &mut client, batch_id, started, index_first).await,
         Err(error) => Err(Fault::from(error)),
     };
-    if !index_first && matches!(result, Ok(Visible(_))) {
-        tracing::info!(%batch_id, seconds = started.elapsed().as_secs_f64(), "batch visible; building its index");
-        build_index(app, &client, batch_id).await;
+    if let Ok(Visible(rows)) = result {
+        // Counted as soon as readers see it: a scrape after the status says `committed` shows
+        // the commit (with visible first, the index build comes after).
+        let took = started.elapsed();
+        metrics::counter!(m::COMMITS, "outcome" => "committed").increment(1);
+        metrics::counter!(m::ROWS_COMMITTED).increment(rows);
+        metrics::histogram!(m::COMMIT_SECONDS).record(took.as_secs_f64());
+        tracing::info!(%batch_id, rows, seconds = took.as_secs_f64(), "batch committed");
+        if !index_first {
+            build_index(app, &client, batch_id).await;
+        }
     }
     let released = match ledger::unlock_commit(&client, batch_id).await {
         Ok(()) => client.batch_execute("RESET application_name").await.is_ok(),
@@ -115,13 +123,8 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         drop(client);
     }
     match result {
-        Ok(Visible(rows)) => {
+        Ok(Visible(_)) => {
             app.batch_is_final(batch_id).await;
-            let took = started.elapsed();
-            metrics::counter!(m::COMMITS, "outcome" => "committed").increment(1);
-            metrics::counter!(m::ROWS_COMMITTED).increment(rows);
-            metrics::histogram!(m::COMMIT_SECONDS).record(took.as_secs_f64());
-            tracing::info!(%batch_id, rows, seconds = took.as_secs_f64(), "batch committed");
             Ok(Committed::Visible)
         }
         Ok(Other(committed)) => Ok(committed),

@@ -53,6 +53,12 @@ async fn the_scraped_figures_match_the_ledger() {
     let chunks = status.chunks.total as f64;
     assert_eq!(chunks, 6.0);
 
+    // The ledger commits a moment before the coordinator counts the commit.
+    env.wait_until("the coordinator to count the commit", WITHIN, || async {
+        let (_, text) = env.get_text("/metrics").await;
+        metric(&text, r#"ingest_commits_total{outcome="committed"}"#).is_some()
+    })
+    .await;
     let (code, coordinator) = env.get_text("/metrics").await;
     assert_eq!(code, 200);
     let series = |name: &str| {
