@@ -54,19 +54,16 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
 # A fixed, numeric non-root user (Kubernetes' runAsNonRoot can only verify a numeric one; the
-# manifests in deploy/k8s run as 10001 too). It owns the spool folder: a named volume mounted
-# there starts with that owner.
+# manifests in deploy/k8s run as 10001 too). It writes nothing to disk: the coordinator keeps its
+# chunk copies in PostgreSQL, so the image has no data folder and no volume.
 RUN groupadd --system --gid 10001 ingest \
-    && useradd --system --uid 10001 --gid ingest --home-dir /var/lib/ingest --no-create-home \
-        --shell /usr/sbin/nologin ingest \
-    && mkdir -p /var/lib/ingest/spool \
-    && chown -R ingest:ingest /var/lib/ingest
+    && useradd --system --uid 10001 --gid ingest --home-dir /nonexistent --no-create-home \
+        --shell /usr/sbin/nologin ingest
 COPY --from=build /src/target/release/ingest-coordinator /src/target/release/ingest-worker \
      /src/target/release/ingest /usr/local/bin/
 # Reference data for `ingest-coordinator seed --data-dir /app/data/ratestask`.
 COPY data /app/data
 WORKDIR /app
-ENV INGEST_SPOOL_DIR=/var/lib/ingest/spool
 USER 10001:10001
 EXPOSE 8080 9091
 # The coordinator's liveness on its default port; the worker's compose service overrides it with

@@ -17,11 +17,10 @@ cargo build --locked --bins -q
 suffix=$(printf '%x' "$$$RANDOM")
 db="ingest_contract_$suffix"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-spool=$(mktemp -d)
+scratch=$(mktemp -d)
 export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
 export INGEST_QUEUE="ingest.contract.$suffix"
 export INGEST_LISTEN="127.0.0.1:$port"
-export INGEST_SPOOL_DIR="$spool"
 export INGEST_TOKEN="contract-$suffix"
 export RUST_LOG=warn
 
@@ -31,7 +30,7 @@ cleanup() {
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rabbitmqctl -q delete_queue "$INGEST_QUEUE" >/dev/null 2>&1 || true
   rabbitmqctl -q delete_queue "$INGEST_QUEUE.dead" >/dev/null 2>&1 || true
-  rm -rf "$spool"
+  rm -rf "$scratch"
 }
 trap cleanup EXIT
 
@@ -42,7 +41,7 @@ coordinator=$!
 wait_until 60 "the coordinator" curl -fsS -o /dev/null "http://$INGEST_LISTEN/readyz"
 
 # From the temporary folder: schemathesis keeps a cache where it runs.
-cd "$spool"
+cd "$scratch"
 st run "http://$INGEST_LISTEN/openapi.json" \
   -H "Authorization: Bearer $INGEST_TOKEN" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \

@@ -166,16 +166,15 @@ def get_json(url):
 class Stack:
     """A seeded database, a coordinator and workers (release binaries) with extra INGEST_*
     settings, their logs appended to `out/log_name`; `stop()` ends the processes and removes the
-    queues and the spool (the database stays for a look, and is made afresh next time)."""
+    queues (the database stays for a look, and is made afresh next time)."""
 
     def __init__(self, db, port, workers, out, log_name, **settings):
         self.db, self.queue = db, f"ingest.bench.{db}.{os.getpid()}"
         fresh_db(db)
-        self.spool = tempfile.mkdtemp(prefix="bench-spool-")
         self.env = dict(os.environ,
                         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
                         INGEST_QUEUE=self.queue, INGEST_LISTEN=f"127.0.0.1:{port}",
-                        INGEST_URL=f"http://127.0.0.1:{port}", INGEST_SPOOL_DIR=self.spool,
+                        INGEST_URL=f"http://127.0.0.1:{port}",
                         RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50", **settings)
         self.env.pop("INGEST_TOKEN", None)
         self.base = self.env["INGEST_URL"]
@@ -214,7 +213,6 @@ class Stack:
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue], capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue + ".dead"],
                        capture_output=True)
-        shutil.rmtree(self.spool, ignore_errors=True)
         self.logs.close()
 
 

@@ -52,7 +52,6 @@ export AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f"
 export INGEST_QUEUE=$queue
 export INGEST_URL="http://127.0.0.1:$port"
 export INGEST_LISTEN="127.0.0.1:$port"
-export INGEST_SPOOL_DIR="$dir/spool"
 export RUST_LOG=info,lapin=warn
 # Small chunks, one at a time per worker: 800 chunks of 10,000 rows keep deliveries in flight
 # for longer than 160 of 50,000 would, so worker kills and broker bounces meet chunks in hand.
@@ -186,7 +185,7 @@ log "fresh database $db and queue $queue"
 psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
 rabbitmqctl -q delete_queue "$queue.dead" >/dev/null 2>&1 || true
-rm -rf "$INGEST_SPOOL_DIR" "$dir"/*.log
+rm -rf "$dir"/*.log
 "$bin/ingest-coordinator" seed --data-dir data/ratestask >/dev/null
 start_coordinator
 wait_for 120 curl -fsS -o /dev/null "$INGEST_URL/readyz" 2>/dev/null || { log "the coordinator did not start"; exit 1; }

@@ -13,7 +13,6 @@ export INGEST_URL=${INGEST_URL:-http://$INGEST_LISTEN}
 EXPECTED_ROWS=56689
 
 logs=$(mktemp -d -t ingest-demo.XXXXXX)
-export INGEST_SPOOL_DIR=$logs/spool
 pids=()
 
 # True while one of the started processes runs.

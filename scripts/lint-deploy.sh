@@ -5,18 +5,27 @@
 #   deploy/k8s          core kinds: kubernetes-validate (schemas shipped in the package, strict:
 #                       an unknown key fails); KEDA kinds: check-jsonschema against
 #                       deploy/k8s/schemas/*.schema.json; kustomization.yaml lists every
-#                       manifest; the manifests agree with each other (names, queue, ports, spool,
-#                       grace period vs drain deadline); `kubectl kustomize` builds, if kubectl is
+#                       manifest; the manifests agree with each other (names, queue, ports,
+#                       selectors, grace period vs drain deadline and preStop); the coordinators
+#                       are a Deployment of >= 2 stateless replicas (no persistent volume, rolling
+#                       with maxUnavailable 0, anti-affinity on hostname) behind a ClusterIP
+#                       Service, with a PodDisruptionBudget of exactly their pods that keeps one
+#                       and lets one go; every Service and budget selects a workload; no file
+#                       named in a manifest is missing; `kubectl kustomize` builds, if kubectl is
 #                       there
-#   deploy/prometheus   promtool check config (Debian's prometheus package), else a YAML check
+#   spool               INGEST_SPOOL_DIR (gone: chunk copies live in PostgreSQL) is in no
+#                       manifest, no compose file, no deploy/ config and not in the Dockerfile
+#   deploy/prometheus   promtool check config (Debian's prometheus package), else a YAML check;
+#                       coordinators and workers scraped per replica (DNS A) on their listeners
 #   deploy/grafana      json.tool, check-jsonschema against deploy/grafana/dashboard.schema.json,
 #                       every metric a panel queries exists in ingest-core/src/metrics.rs, PromQL
 #                       syntax (promtool), provisioning matches the dashboard and docker-compose.yml
 #   Dockerfile          split by BuildKit's own parser (PyPI `dockerfile`; hadolint is not in
 #                       Debian), then: known instructions,
 #                       COPY --from stages, every COPY source in the build context and not
-#                       .dockerignored, a numeric non-root USER, a HEALTHCHECK, every workspace
-#                       member in the dependency layer, every crate a binary needs copied
+#                       .dockerignored, a numeric non-root USER, a HEALTHCHECK, no VOLUME (the
+#                       image keeps no state), every workspace member in the dependency layer,
+#                       every crate a binary needs copied
 #
 # One line per file checked; every check runs, and the script exits 1 if any failed.
 set -euo pipefail
@@ -55,7 +64,7 @@ listed_file=$(mktemp)
 trap 'rm -f "$listed_file"' EXIT
 # Its exit status is the number of cross-checks that failed.
 python3 - "$K8S" "$listed_file" <<'PY' || failures=$((failures + $?))
-import os, sys, yaml
+import os, re, sys, yaml
 
 folder, listed_file = sys.argv[1:]
 listing = open(listed_file, "w")
@@ -125,45 +134,166 @@ def env_sources(pod_spec):
                 if key in source:
                     yield kind, source[key]["name"]
 
-_, config = one("ConfigMap")
+config_path, config = one("ConfigMap")
 settings = (config or {}).get("data", {})
 
-# Workloads: their env sources exist; probes hit the ports the settings listen on.
-probe_paths = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
-for kind, listen_key in (("StatefulSet", "INGEST_LISTEN"), ("Deployment", "INGEST_WORKER_LISTEN")):
-    for path, doc in [(p, d) for p, d in docs.items() if d.get("kind") == kind]:
-        pod = doc["spec"]["template"]["spec"]
-        for source_kind, source_name in sorted(set(env_sources(pod))):
-            check(one(source_kind, source_name)[1] is not None, path,
-                  f"envFrom {source_kind} {source_name} exists")
-        container = pod["containers"][0]
-        listen = settings.get(listen_key)
-        for probe, wanted in probe_paths.items():
-            got = container.get(probe, {}).get("httpGet", {})
-            port = container_port(container, got.get("port"))
-            check(listen and got.get("path") == wanted and port == port_of(listen), path,
-                  f"{probe} {wanted} on {listen_key}'s port",
-                  f"probe {got.get('path')} on {port}, {listen_key}={listen}")
-        annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
-        check(listen and annotations.get("prometheus.io/port") == str(port_of(listen)), path,
-              "prometheus.io/port is the listener's",
-              f"annotation {annotations.get('prometheus.io/port')}, {listen_key}={listen}")
+def selects(selector, labels):
+    """Whether a LabelSelector (matchLabels and matchExpressions) selects these labels."""
+    if not selector:
+        return False  # an empty or missing selector: never what these manifests mean
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, op, values = expression["key"], expression["operator"], expression.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
 
-# Coordinator: headless service, spool on the volume claim.
-path, sts = one("StatefulSet")
-if sts:
-    _, headless = one("Service", sts["spec"].get("serviceName"))
-    check(headless and headless["spec"].get("clusterIP") == "None", path,
-          "serviceName is a headless Service")
-    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
-    mounts = {m["mountPath"]: m["name"] for m in sts["spec"]["template"]["spec"]["containers"][0].get("volumeMounts", [])}
-    spool = settings.get("INGEST_SPOOL_DIR")
-    check(mounts.get(spool) in claims, path, "INGEST_SPOOL_DIR is on a volumeClaimTemplate",
-          f"INGEST_SPOOL_DIR={spool}, mounts {mounts}, claims {sorted(claims)}")
+# Workloads, and which listener setting each one's component uses.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+listen_keys = {"coordinator": "INGEST_LISTEN", "worker": "INGEST_WORKER_LISTEN"}
+workloads = [(p, d) for p, d in docs.items() if d.get("kind") in WORKLOAD_KINDS]
+def pod_labels(doc):
+    return doc["spec"]["template"]["metadata"].get("labels") or {}
+def component(doc):
+    return pod_labels(doc).get("app.kubernetes.io/component")
+
+# Workloads: their env sources exist; probes hit the ports the settings listen on; the selector
+# selects the pods' own labels.
+probe_paths = {"livenessProbe": "/healthz", "readinessProbe": "/readyz"}
+for path, doc in workloads:
+    pod = doc["spec"]["template"]["spec"]
+    check(selects(doc["spec"].get("selector"), pod_labels(doc)), path,
+          "spec.selector selects the pod template's labels")
+    for source_kind, source_name in sorted(set(env_sources(pod))):
+        check(one(source_kind, source_name)[1] is not None, path,
+              f"envFrom {source_kind} {source_name} exists")
+    listen_key = listen_keys.get(component(doc))
+    if not check(listen_key, path, "app.kubernetes.io/component is coordinator or worker",
+                 f"component {component(doc)!r}"):
+        continue
+    container = pod["containers"][0]
+    listen = settings.get(listen_key)
+    for probe, wanted in probe_paths.items():
+        got = container.get(probe, {}).get("httpGet", {})
+        port = container_port(container, got.get("port"))
+        check(listen and got.get("path") == wanted and port == port_of(listen), path,
+              f"{probe} {wanted} on {listen_key}'s port",
+              f"probe {got.get('path')} on {port}, {listen_key}={listen}")
+    annotations = doc["spec"]["template"]["metadata"].get("annotations", {})
+    check(listen and annotations.get("prometheus.io/port") == str(port_of(listen)), path,
+          "prometheus.io/port is the listener's",
+          f"annotation {annotations.get('prometheus.io/port')}, {listen_key}={listen}")
+    # Nothing of ingest keeps state on a node or a volume (the chunk copies are in PostgreSQL):
+    # scratch space only, so that any replica may be replaced by one on any node.
+    kept = [v["name"] for v in pod.get("volumes", []) if set(v) - {"name", "emptyDir", "configMap", "secret", "projected"}]
+    check(not kept and not doc["spec"].get("volumeClaimTemplates"), path,
+          "no persistent volume (emptyDir, configMap, secret only)",
+          f"volumes {kept}, volumeClaimTemplates {[t['metadata']['name'] for t in doc['spec'].get('volumeClaimTemplates', [])]}")
+
+# The coordinators: a Deployment of interchangeable replicas (no StatefulSet: no spool, no stable
+# name), at least 2, rolled one at a time without going below them, spread over nodes.
+coordinators = [(p, d) for p, d in workloads if component(d) == "coordinator"]
+check(len(coordinators) == 1, kust_path, "one coordinator workload",
+      f"found {[(p, d['kind']) for p, d in coordinators]}")
+coordinator_path, coordinator = coordinators[0] if len(coordinators) == 1 else (None, None)
+if coordinator:
+    path, spec = coordinator_path, coordinator["spec"]
+    labels = pod_labels(coordinator)
+    pod = spec["template"]["spec"]
+    check(coordinator["kind"] == "Deployment" and coordinator["metadata"]["name"] == "ingest-coordinator",
+          path, "the coordinator is the Deployment ingest-coordinator",
+          f"{coordinator['kind']} {coordinator['metadata']['name']}")
+    replicas = spec.get("replicas", 1)
+    check(isinstance(replicas, int) and replicas >= 2, path, "replicas >= 2", f"replicas {replicas}")
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    check((spec.get("strategy") or {}).get("type", "RollingUpdate") == "RollingUpdate"
+          and rolling.get("maxUnavailable") == 0 and rolling.get("maxSurge", "25%") not in (0, "0%"),
+          path, "rolling update maxUnavailable 0, maxSurge >= 1", f"strategy {spec.get('strategy')}")
+    preferred = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+        "preferredDuringSchedulingIgnoredDuringExecution", [])
+    check(any(term["podAffinityTerm"].get("topologyKey") == "kubernetes.io/hostname"
+              and selects(term["podAffinityTerm"].get("labelSelector"), labels) for term in preferred),
+          path, "preferred pod anti-affinity on kubernetes.io/hostname selects its pods")
+    required = ((pod.get("affinity") or {}).get("podAntiAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution", [])
+    check(not required, path, "no required anti-affinity (a rollout's surge pod must fit)",
+          "requiredDuringScheduling would leave the surge pod pending on a cluster of `replicas` nodes")
+    for spread in pod.get("topologySpreadConstraints", []):
+        check(selects(spread.get("labelSelector"), labels), path,
+              f"topologySpread on {spread.get('topologyKey')} selects its pods")
+    # SIGTERM comes after preStop; both within the grace period, which must leave room for the
+    # uploads in flight to finish.
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    pre_stop = (pod["containers"][0].get("lifecycle") or {}).get("preStop") or {}
+    command = (pre_stop.get("exec") or {}).get("command") or []
+    pause = int(command[1]) if len(command) == 2 and command[0] == "sleep" and command[1].isdigit() \
+        else int((pre_stop.get("sleep") or {}).get("seconds", 0))
+    check(grace >= 60 + pause, path, "terminationGracePeriodSeconds >= 60 s after preStop",
+          f"grace {grace} s, preStop {pause} s")
+    lease = settings.get("INGEST_COORDINATOR_LEASE_SECONDS", "30")
+    try:
+        lease_ok = float(lease) > 0
+    except ValueError:
+        lease_ok = False
+    check(lease_ok, config_path or kust_path, "INGEST_COORDINATOR_LEASE_SECONDS is a positive number", f"{lease!r}")
+
+    # The one address: a ClusterIP Service over the coordinator pods on their listener.
+    service_path, service = one("Service", "ingest-coordinator")
+    if check(service is not None, path, "Service ingest-coordinator exists"):
+        check(service["spec"].get("type", "ClusterIP") == "ClusterIP"
+              and service["spec"].get("clusterIP") != "None", service_path,
+              "is a ClusterIP Service (not headless)")
+    # A PodDisruptionBudget selects exactly the coordinators, and lets one of them go at a time
+    # while one stays.
+    budgets = [(p, d) for p, d in docs.items() if d.get("kind") == "PodDisruptionBudget"
+               and selects(d["spec"].get("selector"), labels)]
+    if check(len(budgets) == 1, path, "one PodDisruptionBudget selects its pods",
+             f"found {[p for p, _ in budgets]}"):
+        budget_path, budget = budgets[0]
+        others = [p for p, d in workloads if d is not coordinator and selects(budget["spec"]["selector"], pod_labels(d))]
+        check(not others, budget_path, "selects no other workload's pods", f"also selects {others}")
+        def count(value):
+            if isinstance(value, str) and value.endswith("%"):
+                return -(-int(value[:-1]) * replicas // 100)  # Kubernetes rounds up
+            return value
+        if "minAvailable" in budget["spec"]:
+            kept = count(budget["spec"]["minAvailable"])
+            allowed = replicas - kept
+        else:
+            allowed = count(budget["spec"].get("maxUnavailable"))
+            kept = replicas - allowed if isinstance(allowed, int) else None
+        check(isinstance(kept, int) and kept >= 1 and isinstance(allowed, int) and allowed >= 1,
+              budget_path, "keeps >= 1 coordinator and lets >= 1 go (else drains block)",
+              f"replicas {replicas}: keeps {kept}, lets {allowed} go")
+
+# Services route to a workload's pods, on a port those pods have; no Service or budget selects
+# nothing (what a StatefulSet's leftover headless Service, say, would do once it is gone).
+for path, doc in docs.items():
+    if doc.get("kind") == "Service":
+        # A headless Service is for a StatefulSet's stable pod names (its serviceName); the
+        # coordinators are a Deployment reached through the ClusterIP Service.
+        if doc["spec"].get("clusterIP") == "None":
+            name = doc["metadata"]["name"]
+            check(any(d["kind"] == "StatefulSet" and d["spec"].get("serviceName") == name for _, d in workloads),
+                  path, "headless: the serviceName of a StatefulSet", "no StatefulSet names it: remove it")
+        # A Service's selector is a plain map of labels, not a LabelSelector.
+        selector = {"matchLabels": doc["spec"]["selector"]} if doc["spec"].get("selector") else None
+        targets = [(p, d) for p, d in workloads if selects(selector, pod_labels(d))]
+        if check(len(targets) == 1, path, "selects the pods of one workload", f"selects {[p for p, _ in targets]}"):
+            container = targets[0][1]["spec"]["template"]["spec"]["containers"][0]
+            for port in doc["spec"].get("ports", []):
+                target = port.get("targetPort", port.get("port"))
+                check(container_port(container, target) is not None, path,
+                      f"targetPort {target} is a port of {targets[0][0]}")
+    elif doc.get("kind") == "PodDisruptionBudget":
+        check(any(selects(doc["spec"].get("selector"), pod_labels(d)) for _, d in workloads), path,
+              "selects some workload's pods")
 
 # Workers: the grace period outlasts the drain deadline.
-path, worker = one("Deployment")
-if worker:
+path, worker = one("Deployment", "ingest-worker")
+if check(worker is not None, kust_path, "Deployment ingest-worker exists"):
     grace = worker["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
     drain = int(settings.get("INGEST_DRAIN_SECONDS", 30))
     check(grace > drain, path, "terminationGracePeriodSeconds > INGEST_DRAIN_SECONDS",
@@ -175,7 +305,11 @@ if worker:
 path, scaled = one("ScaledObject")
 if scaled:
     target = scaled["spec"]["scaleTargetRef"]["name"]
-    check(one("Deployment", target)[1] is not None, path, f"scaleTargetRef {target} is a Deployment")
+    _, target_doc = one("Deployment", target)
+    check(target_doc is not None, path, f"scaleTargetRef {target} is a Deployment")
+    # KEDA scales to zero: never the coordinators, whose count is fixed (and the API's address).
+    check(target_doc is None or component(target_doc) == "worker", path,
+          f"scaleTargetRef {target} is the workers")
     for trigger in scaled["spec"]["triggers"]:
         auth_name = trigger.get("authenticationRef", {}).get("name")
         auth_path, auth = one("TriggerAuthentication", auth_name)
@@ -187,6 +321,16 @@ if scaled:
             _, secret = one("Secret", ref["name"])
             keys = set((secret or {}).get("stringData", {})) | set((secret or {}).get("data", {}))
             check(ref["key"] in keys, auth_path, f"secretTargetRef {ref['name']}/{ref['key']} exists")
+
+# Settings the programs no longer read: the spool is gone (chunk copies live in PostgreSQL).
+for path, doc in docs.items():
+    with open(path) as f:
+        text = f.read()
+    check("INGEST_SPOOL_DIR" not in text, path, "does not mention INGEST_SPOOL_DIR")
+    # A file another one names (in a comment, say) exists: no pointer to a removed manifest.
+    for named in sorted(set(re.findall(r"[\w./-]*[\w-]+\.ya?ml\b", text))):
+        check(os.path.exists(named) or os.path.exists(os.path.join(folder, named)), path,
+              f"names {named}, which exists")
 
 # One line per manifest comes from the schema loop below, with these counts; failures are told
 # here, with what was found.
@@ -242,6 +386,20 @@ else
   ok "$K8S/kustomization.yaml" "kubectl kustomize skipped (no kubectl here)"
 fi
 
+# --- the spool is gone ---------------------------------------------------------------------
+# The coordinator keeps its chunk copies in PostgreSQL and reads no INGEST_SPOOL_DIR: a setting,
+# volume or folder for it anywhere in what deploys the programs is a leftover. (The manifests
+# are also checked one by one above.)
+spool_files=()
+for file in docker-compose.yml docker-compose.*.yml compose.yml compose.*.yml Dockerfile deploy; do
+  [ -e "$file" ] && spool_files+=("$file")
+done
+if out=$(grep -rn -e INGEST_SPOOL_DIR -- "${spool_files[@]}"); then
+  fail "INGEST_SPOOL_DIR" "mentioned in compose, Dockerfile or deploy/" "$out"
+else
+  ok "INGEST_SPOOL_DIR" "in no compose file, Dockerfile or deploy/ file"
+fi
+
 # --- deploy/prometheus ----------------------------------------------------------------------
 prom=deploy/prometheus/prometheus.yml
 if command -v promtool >/dev/null 2>&1; then
@@ -264,16 +422,28 @@ jobs = {job.get("job_name"): job for job in config.get("scrape_configs") or []}
 if len(jobs) != len(config.get("scrape_configs") or []) or None in jobs:
     problems.append("every scrape config needs a unique job_name")
 targets = [t for job in jobs.values() for sc in job.get("static_configs", []) for t in sc.get("targets", [])]
-if "ingest-coordinator:8080" not in targets:
-    problems.append("no static target ingest-coordinator:8080")
 dns = [(n, sd.get("type"), sd.get("port")) for job in jobs.values() for sd in job.get("dns_sd_configs", []) for n in sd.get("names", [])]
-if ("ingest-worker", "A", 9091) not in dns:
-    problems.append("no dns_sd_config of type A on ingest-worker port 9091")
+# Every replica on its own: Docker's DNS answers the service name with one address per replica
+# (`--scale`). A static target by that name, or through ingest-lb, would reach a different
+# replica at each scrape and mix their counters into one series.
+for service, port in (("ingest-coordinator", 8080), ("ingest-worker", 9091)):
+    if (service, "A", port) not in dns:
+        problems.append(f"no dns_sd_config of type A on {service} port {port}")
+    if any(t.split(":")[0] == service for t in targets):
+        problems.append(f"a static target on {service}: one replica per scrape, not each")
+if any(t.split(":")[0] == "ingest-lb" for t in targets):
+    problems.append("a static target on ingest-lb: scrape the coordinators themselves")
+# The names are services of docker-compose.yml.
+with open("docker-compose.yml") as f:
+    services = set((yaml.safe_load(f) or {}).get("services") or {})
+hosts = {n for n, _, _ in dns} | {t.rsplit(":", 1)[0] for t in targets}
+for host in sorted(hosts - services - {"localhost"}):
+    problems.append(f"{host} is not a service of docker-compose.yml")
 print("\n".join(problems))
 sys.exit(1 if problems else 0)
 PY
 ); then
-  ok "$prom" "scrapes ingest-coordinator:8080 and ingest-worker (DNS A) :9091"
+  ok "$prom" "scrapes each ingest-coordinator :8080 and ingest-worker :9091 (DNS A)"
 else
   fail "$prom" "scrape targets" "$out"
 fi
@@ -405,6 +575,11 @@ if not users or users[-1].split(":")[0] in ("0", "root") or not users[-1].split(
     problems.append("the image must end as a numeric non-root USER (Kubernetes runAsNonRoot checks it)")
 if not any(c.cmd == "HEALTHCHECK" for c in commands):
     problems.append("no HEALTHCHECK")
+# Nothing of the image keeps state (the chunk copies are in PostgreSQL); a VOLUME would give
+# every container, every scaled replica, an anonymous volume of its own.
+for command in commands:
+    if command.cmd == "VOLUME":
+        problems.append(f"line {command.start_line}: VOLUME {' '.join(command.value)}: the image keeps no state")
 with open(".dockerignore") as f:
     ignored = [line.strip().rstrip("/") for line in f if line.strip() and not line.startswith("#")]
 for needed in ("target", ".git"):
@@ -454,7 +629,7 @@ print("\n".join(problems))
 sys.exit(1 if problems else 0)
 PY
 ); then
-  ok "Dockerfile" "instructions, stages, COPY sources, non-root USER; every crate layered"
+  ok "Dockerfile" "instructions, stages, COPY sources, non-root USER, no VOLUME; every crate layered"
 else
   fail "Dockerfile" "Dockerfile checks" "$out"
 fi

@@ -1,21 +1,23 @@
-//! Wiring, and nothing else: [`start`] migrates, connects, recovers what a previous run left,
-//! spawns the background loops and serves the routes; [`Running::stop`] stops it all and waits
-//! for every task it started (as mini-redis's server does). Used by the binary and by the tests
-//! (which listen on port 0 against a database of their own).
+//! Wiring, and nothing else: [`start`] migrates, connects, records this coordinator in the
+//! ledger, spawns the background loops and serves the routes; [`Running::stop`] stops it all and
+//! waits for every task it started (as mini-redis's server does). What a previous run — of this
+//! coordinator or another — left open is picked up by the loops, as they would pick it up at any
+//! time. Used by the binary and by the tests (which listen on port 0 against a database of their
+//! own).
 
 use crate::config::Config;
 use crate::http::api_error::ApiError;
 use crate::http::{auth, batches, health, metrics, openapi, page, request_id, unread_body};
 use crate::loops;
 use crate::pipeline::receiving::Receiving;
-use crate::pipeline::spool::Spool;
+use crate::presence::{self, Presence};
 use crate::state::AppState;
 use anyhow::Context;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use ingest_core::{broker, db, ledger, schema};
+use ingest_core::{broker, db, schema};
 use ingest_wire::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The longest any coordinator session waits for a lock before the step fails as an outage and
+/// is tried again (the merge and a visible batch's index build set their own).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A running coordinator.
 pub struct Running {
     /// Where it listens.
@@ -31,6 +37,9 @@ pub struct Running {
     /// Its state (tests look inside).
     pub state: AppState,
     shutdown: CancellationToken,
+    /// Stops the heartbeat: only once the last request (an upload, perhaps) has been answered,
+    /// so that no peer takes this coordinator for gone while it still feeds an upload.
+    leave: CancellationToken,
     server: JoinHandle<anyhow::Result<()>>,
     /// The background loops, joined on stop.
     tasks: Vec<JoinHandle<()>>,
@@ -38,10 +47,12 @@ pub struct Running {
 
 impl Running {
     /// Stops accepting requests and the loops, then waits for in-flight requests and for every
-    /// loop to finish its pass.
+    /// loop to finish its pass; the heartbeat goes on until the last request is answered, then
+    /// leaves the ledger.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         let served = self.server.await;
+        self.leave.cancel();
         for task in self.tasks {
             task.await.context("a background loop panicked")?;
         }
@@ -70,7 +81,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut client = db::connect(&config.database_url).await?;
     schema::migrate(&mut client).await?;
     drop(client);
-    let pool = db::pool(&config.database_url, config.db_pool)?;
+    let lease = config.coordinator_lease();
+    let pool = db::pool(
+        &config.database_url,
+        config.db_pool,
+        &db::Sessions {
+            application_name: "ingest-coordinator".into(),
+            lock_timeout: Some(LOCK_TIMEOUT),
+            statement_timeout: None,
+            idle_in_transaction: Some(lease),
+        },
+    )?;
     let amqp = broker::Link::open(
         &config.amqp_url,
         "ingest-coordinator",
@@ -85,21 +106,27 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let _ = channel.close(200, "declared".into()).await;
 
     let state = AppState {
-        spool: Spool::new(&config.spool_dir),
+        presence: Presence::new(&presence::host_name(), std::process::id(), lease),
         config: Arc::new(config),
         pool,
         amqp: Arc::new(amqp),
         commit_wakeup: Arc::new(Notify::new()),
         receiving: Receiving::default(),
     };
-    recover(&state).await?;
+    // Seen by its peers before it takes its first upload.
+    loops::presence::beat(&state)
+        .await
+        .context("recording this coordinator in the ledger")?;
+    state.presence.beat_landed();
 
     let listener = tokio::net::TcpListener::bind(state.config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", state.config.listen))?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    let leave = CancellationToken::new();
     let tasks = vec![
+        tokio::spawn(loops::presence::run(state.clone(), leave.clone())),
         tokio::spawn(loops::commit::run(state.clone(), shutdown.clone())),
         tokio::spawn(loops::redrive::run(state.clone(), shutdown.clone())),
         tokio::spawn(loops::merge::run(state.clone(), shutdown.clone())),
@@ -112,34 +139,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .await
             .context("HTTP server")
     });
-    tracing::info!(%addr, queue = %state.config.queue, "coordinator listening");
+    tracing::info!(%addr, queue = %state.config.queue, id = state.presence.id(), "coordinator listening");
     Ok(Running {
         addr,
         state,
         shutdown,
+        leave,
         server,
         tasks,
     })
-}
-
-/// Picks up what a stopped coordinator left: uploads cut off fail and free their keys (the
-/// client saw an error and may resubmit), spooled chunks of batches that ended are removed,
-/// unconfirmed chunks are published again; interrupted commits are resumed by the commit loop.
-async fn recover(state: &AppState) -> anyhow::Result<()> {
-    let ended = loops::redrive::sweep_uploads(state, Duration::ZERO).await?;
-    if ended > 0 {
-        tracing::warn!(ended, "failed the batches whose upload a restart cut off");
-    }
-    let spooled = state.spool.batches().await?;
-    let over = {
-        let client = state.pool.get().await?;
-        ledger::ended_batches(&client, &spooled).await?
-    };
-    for batch_id in over {
-        state.batch_is_final(batch_id).await;
-    }
-    loops::redrive::redrive(state, Duration::ZERO).await?;
-    Ok(())
 }
 
 /// The HTTP API.

@@ -6,7 +6,6 @@ use ingest_core::outage::Patience;
 use ingest_core::{broker, db};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything the coordinator needs to know. Its `Debug` leaves the token out.
@@ -36,10 +35,6 @@ pub struct Config {
     #[arg(long, env = "INGEST_QUEUE", default_value = broker::DEFAULT_QUEUE)]
     pub queue: String,
 
-    /// Folder for the durable copy of published chunks (a persistent volume in production).
-    #[arg(long, env = "INGEST_SPOOL_DIR", default_value = "ingest-spool")]
-    pub spool_dir: PathBuf,
-
     /// Rows per chunk.
     #[arg(long, env = "INGEST_CHUNK_ROWS", default_value_t = 50_000)]
     pub chunk_rows: usize,
@@ -61,7 +56,7 @@ pub struct Config {
     #[arg(long, env = "INGEST_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
 
-    /// How long an upload waits for PostgreSQL, RabbitMQ or the spool to come back (reading no
+    /// How long an upload waits for PostgreSQL or RabbitMQ to come back (reading no
     /// more of the body meanwhile) before the batch fails with 503, in seconds.
     #[arg(long, env = "INGEST_RIDE_THROUGH_SECONDS", default_value_t = 120)]
     pub ride_through_seconds: u64,
@@ -70,8 +65,9 @@ pub struct Config {
     #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
     pub backoff_max_ms: u64,
 
-    /// A chunk recorded but not confirmed by RabbitMQ, or queued with no worker's claim while the
-    /// queue holds nothing ready, is handed out again after this many seconds.
+    /// A chunk recorded but not confirmed by RabbitMQ, or queued with no worker's claim this long
+    /// after a chunk published later was claimed (or while the queue holds nothing ready), is
+    /// handed out again after this many seconds.
     #[arg(long, env = "INGEST_REDRIVE_AFTER_SECONDS", default_value_t = 30.0)]
     pub redrive_after_seconds: f64,
 
@@ -114,6 +110,13 @@ pub struct Config {
     #[arg(long, env = "INGEST_BATCH_PARTS", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batch_parts: u16,
+
+    /// How long this coordinator may go unseen by its peers (no heartbeat in the ledger, no
+    /// renewal of a commit lease) before they take over what it held: the uploads it was feeding
+    /// are ended, and a commit it was running is taken over, its sessions ended. Also the longest
+    /// any of its sessions may idle inside a transaction. In seconds.
+    #[arg(long, env = "INGEST_COORDINATOR_LEASE_SECONDS", default_value_t = 30.0)]
+    pub coordinator_lease_seconds: f64,
 
     /// PostgreSQL connections in the coordinator's pool.
     #[arg(long, env = "INGEST_DB_POOL", default_value_t = 16)]
@@ -190,6 +193,11 @@ impl Config {
         if !self.redrive_after_seconds.is_finite() || self.redrive_after_seconds <= 0.0 {
             anyhow::bail!("--redrive-after-seconds (INGEST_REDRIVE_AFTER_SECONDS) must be above 0");
         }
+        if !self.coordinator_lease_seconds.is_finite() || self.coordinator_lease_seconds < 1.0 {
+            anyhow::bail!(
+                "--coordinator-lease-seconds (INGEST_COORDINATOR_LEASE_SECONDS) must be at least 1"
+            );
+        }
         Ok(())
     }
 
@@ -200,6 +208,11 @@ impl Config {
             Duration::from_secs(self.ride_through_seconds),
             self.max_pause(),
         )
+    }
+
+    /// How long this coordinator may go unseen before its peers take over what it held.
+    pub fn coordinator_lease(&self) -> Duration {
+        Duration::from_secs_f64(self.coordinator_lease_seconds)
     }
 
     /// How long an unconfirmed or unclaimed chunk waits before it is handed out again.
@@ -247,7 +260,6 @@ impl fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("insecure", &self.insecure)
             .field("queue", &self.queue)
-            .field("spool_dir", &self.spool_dir)
             .field("chunk_rows", &self.chunk_rows)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_line_bytes", &self.max_line_bytes)
@@ -264,6 +276,7 @@ impl fmt::Debug for Config {
             .field("merge_lock_ms", &self.merge_lock_ms)
             .field("merge_poll_ms", &self.merge_poll_ms)
             .field("batch_parts", &self.batch_parts)
+            .field("coordinator_lease_seconds", &self.coordinator_lease_seconds)
             .field("db_pool", &self.db_pool)
             .finish()
     }

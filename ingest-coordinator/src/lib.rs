@@ -4,11 +4,14 @@
 //!
 //! The folders show the roles:
 //! - [`pipeline`]: the steps the data walks, in order — submit, split (with the body readers,
-//!   the rates format and the COPY encoding), publish (with the spool), commit, status;
+//!   the rates format and the COPY encoding), publish, commit (with its lease), status;
 //! - [`http`]: the API around them — handlers, errors a client can quote, request ids, the
 //!   token, answering after an unread body;
-//! - [`loops`]: what runs in the background — the commit loop, and the redrive that hands chunks
-//!   out again and sweeps uploads nobody feeds.
+//! - [`loops`]: what runs in the background — the heartbeat, the commit loop, the redrive that
+//!   hands chunks out again and sweeps uploads nobody feeds, the merge.
+//!
+//! Any number of coordinators run side by side on one database and one queue: none keeps
+//! anything a batch needs on its own host ([`presence`] is how they see each other).
 //!
 //! [`state`] is what they all share; [`app`] wires them (and nothing imports it but the binary
 //! and the tests); [`config`] reads the settings; [`seed`] loads the reference data.
@@ -18,5 +21,6 @@ pub mod config;
 pub mod http;
 pub mod loops;
 pub mod pipeline;
+pub mod presence;
 pub mod seed;
 pub mod state;

@@ -18,6 +18,7 @@ pub use link::Link;
 use crate::fault::Fault;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -30,11 +31,22 @@ pub const DEFAULT_QUEUE: &str = "ingest.chunks";
 /// Deliveries of one message before RabbitMQ dead-letters it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// The AMQP heartbeat asked for when `AMQP_URL` names none (`?heartbeat=N`), in seconds. Both
+/// ends send a frame at least every half of it and close a connection silent for two of them:
+/// RabbitMQ closes the connection of a worker that froze or whose host vanished (and delivers
+/// what it held again) within about 40 s, and this process notices a broker that vanished as
+/// soon. RabbitMQ's own default is 60 s; the lower of the two is used.
+pub const HEARTBEAT_SECONDS: u16 = 20;
+
 /// One connection attempt as `name`, bounded by `within`, without lapin's automatic recovery
 /// ([`Link`] reconnects instead).
 pub async fn connect(url: &str, name: &str, within: Duration) -> Result<Connection, Fault> {
+    let mut uri: AMQPUri = url.parse().map_err(|error| {
+        Fault::outage(format!("AMQP_URL {} does not read: {error}", redact(url)))
+    })?;
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECONDS);
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    match tokio::time::timeout(within, Connection::connect(url, properties)).await {
+    match tokio::time::timeout(within, Connection::connect_uri(uri, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(error)) => Err(Fault::outage(format!(
             "cannot connect to RabbitMQ at {}: {error}",

@@ -56,12 +56,13 @@ impl fmt::Display for Part {
 /// ```text
 /// pending ──> queued ──> loading ──> loaded
 ///    ^          ^           │
-///    └──────────┴── failed <┘ (re-published by the coordinator) ──> dead (attempts spent)
+///    └──────────┴── failed <┤ (handed out again by a coordinator) ──> dead (attempts spent,
+///    └───────────── damaged <┘                                          or no good copy left)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChunkState {
-    /// Recorded and written to the spool; RabbitMQ has not confirmed it yet.
+    /// Recorded with its copy; RabbitMQ has not confirmed its message yet.
     Pending,
     /// RabbitMQ confirmed the message: it is durably queued.
     Queued,
@@ -69,29 +70,34 @@ pub enum ChunkState {
     Loading,
     /// Its rows are in the batch's staging table (same transaction as this state).
     Loaded,
-    /// The last attempt failed; the coordinator hands it out again.
+    /// PostgreSQL refused the last attempt's rows; the coordinator hands it out again.
     Failed,
-    /// Every attempt failed; the batch fails with it.
+    /// The last read of its copy did not match the copy's checksum; the coordinator hands it out
+    /// again (to be read again), or fails the batch when no good copy is left.
+    Damaged,
+    /// It will not load (every attempt refused, or no good copy left); the batch fails with it.
     Dead,
 }
 
 impl ChunkState {
     /// Every state.
-    pub const ALL: [ChunkState; 6] = [
+    pub const ALL: [ChunkState; 7] = [
         ChunkState::Pending,
         ChunkState::Queued,
         ChunkState::Loading,
         ChunkState::Loaded,
         ChunkState::Failed,
+        ChunkState::Damaged,
         ChunkState::Dead,
     ];
 
     /// The states of a chunk whose rows are not in yet and that a worker may still load.
-    pub const UNLOADED: [ChunkState; 4] = [
+    pub const UNLOADED: [ChunkState; 5] = [
         ChunkState::Pending,
         ChunkState::Queued,
         ChunkState::Loading,
         ChunkState::Failed,
+        ChunkState::Damaged,
     ];
 
     /// The name stored in PostgreSQL and shown in the API.
@@ -102,6 +108,7 @@ impl ChunkState {
             ChunkState::Loading => "loading",
             ChunkState::Loaded => "loaded",
             ChunkState::Failed => "failed",
+            ChunkState::Damaged => "damaged",
             ChunkState::Dead => "dead",
         }
     }
@@ -129,8 +136,9 @@ impl FromStr for ChunkState {
     }
 }
 
-/// Identifies a chunk on the wire. The message body is the chunk's binary COPY stream; this
-/// travels in the message headers so a worker never has to parse the body.
+/// Identifies a chunk on the wire, in the message headers. The message body is empty: the
+/// chunk's COPY stream is its copy in PostgreSQL ([`crate::chunk_copy`]). (A coordinator before
+/// copies lived there sent the stream as the body; a worker still loads such a message.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkMessage {
     /// The batch the chunk belongs to.
@@ -142,12 +150,16 @@ pub struct ChunkMessage {
     /// The part of the staging table to copy into; `None` for a chunk of a batch staged before
     /// parts by chunk (the worker copies into the staging table and PostgreSQL routes the rows).
     pub part: Option<Part>,
+    /// How many times a message of this chunk was dead-lettered and published again (a chunk on
+    /// which workers keep dying is given up after a few rounds).
+    pub dead_letters: u32,
 }
 
 const BATCH_ID: &str = "batch_id";
 const SEQ: &str = "seq";
 const ROWS: &str = "rows";
 const PART: &str = "part";
+const DEAD_LETTERS: &str = "dead_letters";
 
 impl ChunkMessage {
     /// The AMQP headers that carry this message.
@@ -161,6 +173,12 @@ impl ChunkMessage {
         table.insert(ShortString::from(ROWS), AMQPValue::LongUInt(self.rows));
         if let Some(part) = self.part {
             table.insert(ShortString::from(PART), AMQPValue::ShortUInt(part.get()));
+        }
+        if self.dead_letters > 0 {
+            table.insert(
+                ShortString::from(DEAD_LETTERS),
+                AMQPValue::LongUInt(self.dead_letters),
+            );
         }
         table
     }
@@ -187,6 +205,10 @@ impl ChunkMessage {
                 None => None,
                 Some(_) => Some(Part(u16::try_from(int(PART)?).ok()?)),
             },
+            dead_letters: match map.get(DEAD_LETTERS) {
+                None => 0,
+                Some(_) => u32::try_from(int(DEAD_LETTERS)?).ok()?,
+            },
         })
     }
 }
@@ -197,12 +219,13 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        for part in [Some(Part(1)), None] {
+        for (part, dead_letters) in [(Some(Part(1)), 0), (None, 3)] {
             let msg = ChunkMessage {
                 batch_id: BatchId(42),
                 seq: ChunkSeq(7),
                 rows: 5000,
                 part,
+                dead_letters,
             };
             assert_eq!(ChunkMessage::from_headers(&msg.to_headers()), Some(msg));
         }
@@ -212,6 +235,7 @@ mod tests {
             seq: ChunkSeq(7),
             rows: 5000,
             part: None,
+            dead_letters: 0,
         }
         .to_headers();
         mistyped.insert(ShortString::from(PART), AMQPValue::LongInt(-1));

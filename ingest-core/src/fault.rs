@@ -96,10 +96,3 @@ impl From<lapin::Error> for Fault {
         Fault::Outage(format!("RabbitMQ: {error}"))
     }
 }
-
-/// The spool's disk (full, unwritable): an outage of the coordinator's own volume.
-impl From<std::io::Error> for Fault {
-    fn from(error: std::io::Error) -> Fault {
-        Fault::Outage(format!("spool: {error}"))
-    }
-}

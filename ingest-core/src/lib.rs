@@ -3,7 +3,8 @@
 //! The data walks one way: `submit → split → publish → load → commit → status`. The coordinator
 //! owns submit, split, publish and commit; workers own load. Both sides meet in three places,
 //! and each of them lives here so there is exactly one definition:
-//! - [`chunk::ChunkMessage`]: what travels on RabbitMQ;
+//! - [`chunk::ChunkMessage`]: what travels on RabbitMQ — which chunk to load — and
+//!   [`chunk_copy`]: the chunk itself, stored in PostgreSQL;
 //! - [`ledger`]: every batch and chunk state, durably in PostgreSQL, with every transition;
 //! - [`schema`] and [`broker`]: the tables and the queue topology both sides rely on.
 //!
@@ -13,6 +14,7 @@
 pub mod batch;
 pub mod broker;
 pub mod chunk;
+pub mod chunk_copy;
 pub mod db;
 pub mod fault;
 pub mod ledger;

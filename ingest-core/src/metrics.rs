@@ -28,16 +28,19 @@ pub const COMMIT_SECONDS: &str = "ingest_commit_duration_seconds";
 /// How long a worker took to load one chunk, claim to commit (histogram, worker).
 pub const CHUNK_LOAD_SECONDS: &str = "ingest_chunk_load_duration_seconds";
 /// Deliveries handled by a worker, by `outcome`: `loaded`, `already_loaded`, `closed`,
-/// `refused` (counter, worker).
+/// `refused`, `damaged` (the copy read did not match its checksum) (counter, worker).
 pub const CHUNK_DELIVERIES: &str = "ingest_chunk_deliveries_total";
-/// Chunks handed out again, by `reason`: `refused` (PostgreSQL refused an attempt),
-/// `lease_expired` (the worker vanished), `unconfirmed` (RabbitMQ never confirmed it),
-/// `stranded` (dead-lettered or lost), `outage` (a worker retried with the delivery in hand).
+/// Chunks handed out again, by `reason`: `refused` (PostgreSQL refused an attempt), `damaged`
+/// (a read of its copy did not match its checksum), `lease_expired` (the worker vanished or
+/// froze), `unconfirmed` (RabbitMQ never confirmed it), `stranded` (its message was lost),
+/// `dead_lettered` (taken back from the dead-letter queue), `outage` (a worker retried with the
+/// delivery in hand).
 pub const CHUNK_RETRIES: &str = "ingest_chunk_retries_total";
 /// Chunks that will not load, by `reason`: `refused` (PostgreSQL refused them `max_attempts`
-/// times: buried, their batch failed) or `spool_lost` (their spooled copy is gone: their batch
-/// failed). Messages the broker dead-letters are handed out again (`CHUNK_RETRIES`,
-/// `stranded`) and counted in `QUEUE_MESSAGES{queue="dead"}` (counter).
+/// times: buried, their batch failed), `no_good_copy` (every read of their copy was damaged:
+/// their batch failed, its key released) or `undeliverable` (dead-lettered round after round:
+/// their batch failed, its key released). Messages the broker dead-letters are taken back and
+/// handed out again (`CHUNK_RETRIES`, `dead_lettered`) (counter).
 pub const CHUNKS_DEAD: &str = "ingest_chunks_dead_total";
 /// Messages ready in a `queue` (`chunks` or `dead`), as the coordinator sees them (gauge).
 pub const QUEUE_MESSAGES: &str = "ingest_queue_messages";

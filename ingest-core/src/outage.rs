@@ -1,7 +1,6 @@
-//! Riding through outages: a step that failed because PostgreSQL, RabbitMQ or the spool's disk
-//! was away is tried again, with capped, jittered exponential pauses, until it works, until
-//! PostgreSQL refuses the rows (a [`Fault::Refused`] is final at once), or until the patience
-//! runs out. One definition of "try again", so the upload, the commit, the redrive and the
+//! Riding through outages: a step that failed because PostgreSQL or RabbitMQ was away is tried
+//! again, with capped, jittered exponential pauses, until it works, until PostgreSQL refuses the
+//! rows (a [`Fault::Refused`] is final at once), or until the patience runs out. One definition of "try again", so the upload, the commit, the redrive and the
 //! worker pace themselves alike.
 
 use crate::fault::Fault;

@@ -49,6 +49,25 @@ pub fn staging_table(batch_id: BatchId) -> String {
     format!("price_batches.batch_{batch_id}")
 }
 
+/// The qualified name of the table that holds the copies of a batch's chunks (one row per chunk:
+/// `seq`, `crc32`, `bytes`), until the batch is final.
+pub fn copies_table(batch_id: BatchId) -> String {
+    format!("chunk_copies.batch_{batch_id}")
+}
+
+/// DDL that creates the table of a batch's chunk copies. The copies are compressed already, so
+/// PostgreSQL is told not to try again (`STORAGE EXTERNAL`).
+pub fn create_copies_sql(batch_id: BatchId) -> String {
+    let table = copies_table(batch_id);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (\
+           seq integer PRIMARY KEY, \
+           crc32 bigint NOT NULL, \
+           bytes bytea NOT NULL);\
+         ALTER TABLE {table} ALTER COLUMN bytes SET STORAGE EXTERNAL"
+    )
+}
+
 /// The name of part `part` of a batch's staging table, in the staging schema `price_batches`.
 pub fn part_name(batch_id: BatchId, part: Part) -> String {
     format!("batch_{batch_id}_p{part}")
@@ -204,9 +223,4 @@ pub async fn foreign_keys(
         .iter()
         .map(|row| row.get(0))
         .collect())
-}
-
-/// DDL that removes everything a failed or cancelled batch staged.
-pub fn drop_staging_sql(batch_id: BatchId) -> String {
-    format!("DROP TABLE IF EXISTS {}", staging_table(batch_id))
 }

@@ -7,12 +7,14 @@
 //! - [`rates_file`]: generated rates files and their checksums;
 //! - [`process`]: the real binaries as child processes;
 //! - [`outage`]: real outages of the shared services, and the lock that lets them run alone;
+//! - [`proxy`]: a proxy to PostgreSQL that loses one reply or damages one row, on cue;
 //! - [`browser`]: a headless Chromium driven over WebDriver.
 
 mod answer;
 pub mod browser;
 pub mod outage;
 pub mod process;
+pub mod proxy;
 pub mod rates_file;
 
 pub use answer::Answer;
@@ -49,6 +51,24 @@ fn server_url(db: &str) -> String {
         .map(|at| authority + at)
         .unwrap_or(url.len());
     format!("{}/{db}", &url[..end])
+}
+
+/// The address of the tests' PostgreSQL server (for a [`proxy`] in front of it).
+pub fn postgres_addr() -> std::net::SocketAddr {
+    let config: tokio_postgres::Config = server_url("postgres").parse().expect("DATABASE_URL");
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        _ => "127.0.0.1".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let host = if host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        host
+    };
+    format!("{host}:{port}")
+        .parse()
+        .expect("PostgreSQL at an IP address")
 }
 
 /// The broker the tests use.
@@ -99,6 +119,8 @@ pub struct Options {
     pub exclusive: bool,
     /// Migrate the test database only up to this version (an upgrade test), not to the latest.
     pub schema_version: Option<u32>,
+    /// How long a coordinator may go unseen before its peers take over (seconds).
+    pub coordinator_lease_seconds: f64,
 }
 
 impl Default for Options {
@@ -117,6 +139,7 @@ impl Default for Options {
             visible_before_index: false,
             exclusive: false,
             schema_version: None,
+            coordinator_lease_seconds: 30.0,
         }
     }
 }
@@ -129,8 +152,6 @@ pub struct TestEnv {
     pub database_url: String,
     /// The chunk queue.
     pub queue: String,
-    /// The spool folder.
-    pub spool: tempfile::TempDir,
     /// The coordinator, while it runs.
     pub coordinator: Option<Running>,
     /// `http://host:port` of the coordinator.
@@ -169,14 +190,12 @@ impl TestEnv {
             .expect("create the test database");
         let database_url = server_url(&db_name);
         let queue = format!("ingest.test.{suffix:x}");
-        let spool = tempfile::tempdir().expect("spool dir");
 
         let mut config = Config::defaults();
         config.database_url = database_url.clone();
         config.amqp_url = amqp_url();
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.queue = queue.clone();
-        config.spool_dir = spool.path().to_path_buf();
         config.chunk_rows = options.chunk_rows;
         config.token = options.token.clone();
         config.max_errors = options.max_errors;
@@ -190,6 +209,7 @@ impl TestEnv {
         config.max_attempts = options.max_attempts;
         config.backoff_max_ms = 200;
         config.ride_through_seconds = 60;
+        config.coordinator_lease_seconds = options.coordinator_lease_seconds;
         config.db_pool = 8;
 
         let mut seed_client = db::connect(&database_url).await.expect("test database");
@@ -217,7 +237,6 @@ impl TestEnv {
             db_name,
             database_url,
             queue,
-            spool,
             coordinator,
             base,
             http: reqwest::Client::new(),
@@ -347,6 +366,28 @@ impl TestEnv {
         let status = self.wait_final(id, within).await;
         assert_eq!(status.state, BatchState::Committed, "{status:#?}");
         status
+    }
+
+    /// Submits `rows` generated rows (seed `seed`) and returns the batch id once accepted (202).
+    pub async fn submit_generated(&self, seed: u64, rows: u64) -> BatchId {
+        let codes = rates_file::port_codes(&data_dir());
+        let (code, accepted) = self.submit(rates_file::whole(&codes, seed, rows)).await;
+        assert_eq!(code, 202, "{accepted:?}");
+        accepted.id()
+    }
+
+    /// (rows, sum of prices) of one batch as readers see it.
+    pub async fn batch_totals(&self, id: BatchId) -> (i64, i64) {
+        let row = self
+            .db
+            .query_one(
+                "SELECT count(*), coalesce(sum(price), 0)::bigint FROM prices_by_batch
+                 WHERE batch_id = $1",
+                &[&id.get()],
+            )
+            .await
+            .expect("batch totals");
+        (row.get(0), row.get(1))
     }
 
     /// Writes one price straight into `prices` from `CNSGH` to `NLRTM` on `day` (as the ratestask
@@ -511,6 +552,28 @@ impl TestEnv {
             .await
             .expect("staging tables")
             .get(0)
+    }
+
+    /// Tables of chunk copies left (each batch has one until it is final).
+    pub async fn copies_tables(&self) -> i64 {
+        self.db
+            .query_one(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = 'chunk_copies' AND c.relkind = 'r'",
+                &[],
+            )
+            .await
+            .expect("copies tables")
+            .get(0)
+    }
+
+    /// Waits until no table of chunk copies is left (a committed batch's go right after its
+    /// commit), or panics.
+    pub async fn wait_copies_dropped(&self, within: Duration) {
+        self.wait_until("the chunk copies to be dropped", within, || async {
+            self.copies_tables().await == 0
+        })
+        .await;
     }
 
     /// Messages waiting in the chunk queue.

@@ -34,11 +34,7 @@ impl Spawned {
 
     /// Sends SIGTERM and waits for the exit, at most `within`.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM failed");
+        signal(self.child.id(), "-TERM");
         wait_exit(&mut self.child, within)
     }
 
@@ -51,6 +47,12 @@ impl Spawned {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("wait for the child").is_none()
     }
+
+    /// Kills the process (SIGKILL, as a host that vanished or the OOM killer would) and waits.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Spawned {
@@ -60,10 +62,71 @@ impl Drop for Spawned {
     }
 }
 
+/// A process frozen with SIGSTOP — a paused VM, a long stall, a host cut off without a reset:
+/// its connections stay open and nothing answers on them. Thawed (SIGCONT) when dropped, whatever
+/// happens in the test.
+pub struct Frozen(u32);
+
+impl Frozen {
+    /// Freezes process `pid`.
+    pub fn freeze(pid: u32) -> Frozen {
+        signal(pid, "-STOP");
+        Frozen(pid)
+    }
+
+    /// Thaws it now.
+    pub fn thaw(self) {}
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+/// Sends a signal with `kill`.
+fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill {signal} {pid} failed");
+}
+
+/// The path of a binary of this workspace built beside the running test (`target/<profile>/`):
+/// the tests of one crate reach another crate's binary this way (`cargo nextest run --workspace`
+/// builds them all).
+pub fn sibling_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("a target folder");
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with --workspace",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
 /// The `ingest-worker` binary (pass `env!("CARGO_BIN_EXE_ingest-worker")`) on `env`'s database
 /// and queue, named `name` (its RabbitMQ connection is `ingest-worker <name>`), its metrics and
 /// health on `listen` (`127.0.0.1:0` when it does not matter).
 pub fn start_worker(exe: &str, env: &TestEnv, name: &str, listen: &str) -> Spawned {
+    start_worker_with(exe, env, name, listen, &[])
+}
+
+/// [`start_worker`] with more settings (environment variables).
+pub fn start_worker_with(
+    exe: &str,
+    env: &TestEnv,
+    name: &str,
+    listen: &str,
+    settings: &[(&str, &str)],
+) -> Spawned {
     let mut command = Command::new(exe);
     command
         .env("DATABASE_URL", &env.database_url)
@@ -75,33 +138,30 @@ pub fn start_worker(exe: &str, env: &TestEnv, name: &str, listen: &str) -> Spawn
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    for (name, value) in settings {
+        command.env(name, value);
+    }
     Spawned::start(command)
 }
 
 /// A running coordinator process.
 pub struct CoordinatorProcess {
     process: Spawned,
-    _spool: tempfile::TempDir,
+    /// `http://127.0.0.1:port` of its API.
+    pub base: String,
 }
 
 impl CoordinatorProcess {
     /// The command for `exe` (pass `env!("CARGO_BIN_EXE_ingest-coordinator")`) on `env`'s
     /// database and queue, listening on `port`, with no token and quiet logs unless `settings`
-    /// say otherwise. Returns the command and its spool directory.
-    pub fn command(
-        exe: &str,
-        env: &TestEnv,
-        port: u16,
-        settings: &[(&str, &str)],
-    ) -> (Command, tempfile::TempDir) {
-        let spool = tempfile::tempdir().expect("spool dir");
+    /// say otherwise.
+    pub fn command(exe: &str, env: &TestEnv, port: u16, settings: &[(&str, &str)]) -> Command {
         let mut command = Command::new(exe);
         command
             .env("DATABASE_URL", &env.database_url)
             .env("AMQP_URL", super::amqp_url())
             .env("INGEST_QUEUE", &env.queue)
             .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
-            .env("INGEST_SPOOL_DIR", spool.path())
             .env("INGEST_COMMIT_POLL_MS", "50")
             .env("RUST_LOG", "warn")
             .env_remove("INGEST_TOKEN")
@@ -110,24 +170,32 @@ impl CoordinatorProcess {
         for (name, value) in settings {
             command.env(name, value);
         }
-        (command, spool)
+        command
     }
 
     /// Starts the coordinator, points `env` at it and waits until it is ready.
     pub async fn start(exe: &str, env: &mut TestEnv, settings: &[(&str, &str)]) -> Self {
+        let process = Self::start_beside(exe, env, settings).await;
+        env.base = process.base.clone();
+        process
+    }
+
+    /// Starts one more coordinator on `env`'s database and queue and waits until it is ready,
+    /// leaving `env` pointed where it was.
+    pub async fn start_beside(exe: &str, env: &TestEnv, settings: &[(&str, &str)]) -> Self {
         let port = free_port();
-        let (command, spool) = Self::command(exe, env, port, settings);
+        let command = Self::command(exe, env, port, settings);
         let process = CoordinatorProcess {
             process: Spawned::start(command),
-            _spool: spool,
+            base: format!("http://127.0.0.1:{port}"),
         };
-        env.base = format!("http://127.0.0.1:{port}");
+        let base = process.base.clone();
         env.wait_until(
             "the coordinator to be ready",
             Duration::from_secs(60),
             || async {
                 env.http
-                    .get(format!("{}/readyz", env.base))
+                    .get(format!("{base}/readyz"))
                     .send()
                     .await
                     .map(|response| response.status().is_success())
@@ -151,6 +219,11 @@ impl CoordinatorProcess {
     /// Sends SIGTERM and waits for the exit, at most `within`.
     pub fn terminate(&mut self, within: Duration) -> ExitStatus {
         self.process.terminate(within)
+    }
+
+    /// Kills it (SIGKILL) and waits.
+    pub fn kill(&mut self) {
+        self.process.kill()
     }
 }
 

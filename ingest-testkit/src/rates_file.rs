@@ -64,6 +64,12 @@ pub fn totals(codes: &[String], seed: u64, rows: u64) -> (i64, i64) {
     (rows as i64, sum)
 }
 
+/// (rows, sum of prices) of a generated file over the repository's port codes: what readers
+/// must see of its batch.
+pub fn expected(seed: u64, rows: u64) -> (i64, i64) {
+    totals(&port_codes(&crate::data_dir()), seed, rows)
+}
+
 /// The file as a slow client sends it: 10,000-row blocks with `pause` between them (the pause is
 /// the point: a fault lands while the upload is still coming in).
 pub fn paced(

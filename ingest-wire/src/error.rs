@@ -43,7 +43,7 @@ pub enum ErrorCode {
     UnsupportedEncoding,
     /// 422: PostgreSQL refused the rows.
     Refused,
-    /// 503: PostgreSQL, RabbitMQ or the spool is away; try again.
+    /// 503: PostgreSQL or RabbitMQ is away; try again.
     Unavailable,
 }
 

@@ -77,6 +77,31 @@ pub enum CommitStep {
     Attach,
 }
 
+impl CommitStep {
+    /// Every step, in order.
+    pub const ALL: [CommitStep; 3] = [
+        CommitStep::Index,
+        CommitStep::ForeignKeys,
+        CommitStep::Attach,
+    ];
+
+    /// The name shown in the API and stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommitStep::Index => "index",
+            CommitStep::ForeignKeys => "foreign_keys",
+            CommitStep::Attach => "attach",
+        }
+    }
+
+    /// The step of a name (`None` for a name that is not a step).
+    pub fn parse(name: &str) -> Option<CommitStep> {
+        CommitStep::ALL
+            .into_iter()
+            .find(|step| step.as_str() == name)
+    }
+}
+
 /// A commit in progress.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -190,14 +215,12 @@ pub struct Readiness {
     pub postgres: bool,
     /// The RabbitMQ connection is open.
     pub rabbitmq: bool,
-    /// The spool takes files.
-    pub spool: bool,
 }
 
 impl Readiness {
     /// Every dependency is there.
     pub fn is_ready(&self) -> bool {
-        self.postgres && self.rabbitmq && self.spool
+        self.postgres && self.rabbitmq
     }
 }
 

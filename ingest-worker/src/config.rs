@@ -88,9 +88,25 @@ impl Config {
         Ok(())
     }
 
-    /// How long a claimed chunk stays this worker's.
+    /// How long a claimed chunk stays this worker's: past it, a coordinator ends the backend
+    /// the claim recorded and hands the chunk out again.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds)
+    }
+
+    /// The longest statement and the longest pause inside a transaction of the worker's
+    /// sessions, twice the lease: PostgreSQL ends them past it, so a worker that froze in its
+    /// COPY transaction holds no chunk for long even when no coordinator is there to end its
+    /// backend at the lease.
+    pub fn session_limit(&self) -> Duration {
+        self.lease() * 2
+    }
+
+    /// The longest wait of a worker's session for a lock: a delivery of a chunk whose row lock
+    /// another session holds (a duplicate, or a frozen worker's) gives up and tries again later,
+    /// with the delivery in hand. A quarter of the lease, at most 10 s.
+    pub fn lock_timeout(&self) -> Duration {
+        (self.lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 
     /// The longest pause between two tries.

@@ -18,7 +18,6 @@ use crate::health::Health;
 use crate::load::{self, Outcome};
 use crate::subscribe::{Next, Subscription};
 use anyhow::Context;
-use bytes::Bytes;
 use deadpool_postgres::Pool;
 use ingest_core::broker::Link;
 use ingest_core::chunk::ChunkMessage;
@@ -49,7 +48,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let pool = db::pool(&config.database_url, config.concurrency + 1)?;
+    let pool = db::pool(
+        &config.database_url,
+        config.concurrency + 1,
+        &db::Sessions {
+            application_name: format!("ingest-worker {worker}"),
+            lock_timeout: Some(config.lock_timeout()),
+            statement_timeout: Some(config.session_limit()),
+            idle_in_transaction: Some(config.session_limit()),
+        },
+    )?;
     let link = Arc::new(
         Link::open(
             &config.amqp_url,
@@ -225,7 +233,6 @@ impl Chunk {
     /// [`Chunk::handle`] for a chunk message, inside the chunk's span.
     async fn load_and_settle(self, message: ChunkMessage, delivery: Delivery) {
         let (batch_id, seq) = (message.batch_id, message.seq);
-        let payload = Bytes::from(delivery.data);
         let _in_hand = InHand::count();
         let mut pauses = self.patience.pauses();
         let mut attempt = 1u32;
@@ -236,7 +243,7 @@ impl Chunk {
             let loaded = load::load(
                 &self.pool,
                 message,
-                payload.clone(),
+                &delivery.data,
                 &self.worker,
                 self.lease,
             )
@@ -272,6 +279,7 @@ impl Chunk {
             Outcome::AlreadyLoaded => "already_loaded",
             Outcome::Closed => "closed",
             Outcome::Refused(_) => "refused",
+            Outcome::Damaged(_) => "damaged",
         };
         metrics::counter!(m::CHUNK_DELIVERIES, "outcome" => label).increment(1);
         if outcome == Outcome::Loaded {
@@ -285,6 +293,9 @@ impl Chunk {
             Outcome::Closed => tracing::info!(%batch_id, %seq, "batch closed; chunk dropped"),
             Outcome::Refused(reason) => {
                 tracing::warn!(%batch_id, %seq, %reason, "PostgreSQL refused the chunk's rows")
+            }
+            Outcome::Damaged(reason) => {
+                tracing::warn!(%batch_id, %seq, %reason, "the chunk's copy was read damaged; it is handed out again")
             }
         }
         if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {

@@ -52,7 +52,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
-            "the coordinator cannot reach PostgreSQL, RabbitMQ or its spool right now; \
+            "the coordinator cannot reach PostgreSQL or RabbitMQ right now; \
              nothing was loaded, try again later",
         )
     }

@@ -25,8 +25,8 @@ pub async fn healthz() -> Json<Alive> {
     })
 }
 
-/// `GET /readyz`: PostgreSQL answers, RabbitMQ is connected and the spool takes files; 503 with
-/// the missing one(s) false otherwise.
+/// `GET /readyz`: PostgreSQL answers and RabbitMQ is connected; 503 with the missing one(s)
+/// false otherwise. (The coordinator keeps nothing on its own disk.)
 #[utoipa::path(get, path = "/readyz", tag = "operations", summary = "Readiness",
     responses(
         (status = 200, description = "Every dependency is there", body = Readiness),
@@ -40,7 +40,6 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
     let readiness = Readiness {
         postgres,
         rabbitmq: app.amqp.ensure().await,
-        spool: app.spool.is_writable().await,
     };
     let status = if readiness.is_ready() {
         StatusCode::OK

@@ -18,6 +18,11 @@
 //! Every lock is asked for with `lock_timeout` (`INGEST_MERGE_LOCK_MS`): a long reader or a
 //! commit in progress makes the merge give up and try later, rather than queue readers behind
 //! it. A merge that fails leaves nothing (the transaction rolls back).
+//!
+//! One merge at a time across every coordinator: each merge first takes a transaction-level
+//! advisory lock, without waiting; a coordinator that does not get it merges nothing this time.
+//! A merging coordinator that freezes holds its transaction open only until PostgreSQL ends its
+//! idle session (`idle_in_transaction_session_timeout`, the coordinator lease).
 
 use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
@@ -131,8 +136,13 @@ pub fn to_merge(all: Vec<Partition>, max: usize, max_bytes: i64) -> Vec<Partitio
     small
 }
 
-/// One merge, if the partitions are over the bound `max`: the smallest (under `max_bytes`)
-/// merged into one. Also returns how many partitions there were before.
+/// The advisory lock that makes one merge at a time across coordinators (its single-key space
+/// holds the migration lock too, at another key).
+const MERGE_LOCK: i64 = 7_461_900_002;
+
+/// One merge, if the partitions are over the bound `max` and no other coordinator is merging:
+/// the smallest (under `max_bytes`) merged into one. Also returns how many partitions there were
+/// before.
 pub async fn pass(
     client: &mut Client,
     max: usize,
@@ -145,17 +155,17 @@ pub async fn pass(
     if parts.is_empty() {
         return Ok((count, None));
     }
-    Ok((count, Some(merge(client, &parts, lock_timeout).await?)))
+    Ok((count, merge(client, &parts, lock_timeout).await?))
 }
 
-/// Merges `parts` into one new partition in one transaction (see the module's doc for its locks).
-/// An outage when a lock was not granted within `lock_timeout` or PostgreSQL is away: nothing
-/// changed, try again later.
+/// Merges `parts` into one new partition in one transaction (see the module's doc for its locks);
+/// `None` when another coordinator is merging. An outage when a lock was not granted within
+/// `lock_timeout` or PostgreSQL is away: nothing changed, try again later.
 pub async fn merge(
     client: &mut Client,
     parts: &[Partition],
     lock_timeout: Duration,
-) -> Result<Merged, Fault> {
+) -> Result<Option<Merged>, Fault> {
     let mut batches: Vec<BatchId> = parts.iter().flat_map(|p| p.batches.clone()).collect();
     batches.sort();
     let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
@@ -172,6 +182,13 @@ pub async fn merge(
         .join(", ");
 
     let tx = client.transaction().await?;
+    let alone: bool = tx
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&MERGE_LOCK])
+        .await?
+        .get(0);
+    if !alone {
+        return Ok(None);
+    }
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis()
@@ -231,12 +248,12 @@ pub async fn merge(
     }
     tx.batch_execute(&swap).await?;
     tx.commit().await?;
-    Ok(Merged {
+    Ok(Some(Merged {
         table,
         partitions: parts.len(),
         batches: batches.len(),
         rows: rows as u64,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -5,9 +5,9 @@
 //! - [`body`]: the body as a blocking `Read` (counted, hashed, limited, gunzipped);
 //! - [`split`]: cuts lines into chunks, validates them ([`rates`]) and encodes them
 //!   ([`copy_binary`]) on blocking threads and rayon;
-//! - [`publish`]: spools ([`spool`]), records and publishes chunks with confirms;
+//! - [`publish`]: records chunks with their copies and publishes them with confirms;
 //! - [`receiving`]: the uploads being read now;
-//! - [`commit`]: makes a fully loaded batch visible at once, under its commit lock;
+//! - [`commit`]: makes a fully loaded batch visible at once, under its commit lease;
 //! - [`merge`]: folds committed batches into fewer partitions, each merge in one transaction;
 //! - [`status`]: what a batch looks like from outside, read from the ledger.
 
@@ -19,6 +19,5 @@ pub mod publish;
 pub mod rates;
 pub mod receiving;
 pub mod split;
-pub mod spool;
 pub mod status;
 pub mod submit;

@@ -1,12 +1,13 @@
-//! Publish: every chunk is written to the spool, recorded `pending`, published as a persistent
-//! message and marked `queued` once RabbitMQ confirmed it. Confirms are pipelined: up to
-//! `IN_FLIGHT` chunks wait for theirs while the next ones are published.
+//! Publish: every chunk is recorded `pending` together with its copy (one statement), then its
+//! message — which chunk to load, no body — is published as a persistent message, and the chunk
+//! is marked `queued` once RabbitMQ confirmed it. Confirms are pipelined: up to `IN_FLIGHT`
+//! chunks wait for theirs while the next ones are published.
 //!
-//! Each of those steps rides through an outage of PostgreSQL, RabbitMQ or the spool's disk for
-//! the upload's patience: meanwhile no further chunk is taken from split, so the body is not
-//! read (backpressure). A channel that broke is opened again; a chunk whose confirm was lost with
-//! it is published again from the spool (a duplicate message is harmless: the ledger loads a
-//! chunk once).
+//! Each of those steps rides through an outage of PostgreSQL or RabbitMQ for the upload's
+//! patience: meanwhile no further chunk is taken from split, so the body is not read
+//! (backpressure). A channel that broke is opened again; a chunk whose confirm was lost with it
+//! is published again (a duplicate message is harmless: the ledger loads a chunk once, and the
+//! copy is in PostgreSQL for whichever delivery comes first).
 
 use super::split::Chunk;
 use crate::state::AppState;
@@ -26,8 +27,8 @@ use tokio::sync::mpsc;
 /// Chunks published and not yet confirmed, at most.
 const IN_FLIGHT: usize = 16;
 
-/// Publishes chunks to the chunk queue on a channel in confirm mode, opened when first needed and
-/// opened again after it broke.
+/// Publishes chunk messages to the chunk queue on a channel in confirm mode, opened when first
+/// needed and opened again after it broke.
 pub struct Publisher {
     amqp: Arc<Link>,
     /// The channel in use (a lapin channel is a cheap handle: it is cloned out to publish).
@@ -59,13 +60,9 @@ impl Publisher {
         Ok(channel)
     }
 
-    /// Publishes one chunk as a persistent message; the returned future resolves when RabbitMQ
+    /// Publishes one chunk's message, persistent; the returned future resolves when RabbitMQ
     /// confirmed it. An outage drops the channel, so the next call opens a new one.
-    pub async fn send(
-        &self,
-        message: ChunkMessage,
-        payload: &[u8],
-    ) -> Result<PublisherConfirm, Fault> {
+    pub async fn send(&self, message: ChunkMessage) -> Result<PublisherConfirm, Fault> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_message_id(format!("{}-{}", message.batch_id, message.seq).into())
@@ -77,7 +74,7 @@ impl Publisher {
                 "".into(),
                 self.queue.as_str().into(),
                 BasicPublishOptions::default(),
-                payload,
+                &[],
                 properties,
             )
             .await;
@@ -87,15 +84,15 @@ impl Publisher {
         })
     }
 
-    /// Publishes one chunk and waits for its confirm, riding through outages with `patience`.
+    /// Publishes one chunk's message and waits for its confirm, riding through outages with
+    /// `patience`.
     pub async fn send_confirmed(
         &self,
         patience: Patience,
         message: ChunkMessage,
-        payload: &[u8],
     ) -> Result<(), Fault> {
         ride_through(patience, "publishing a chunk", move || async move {
-            confirmed(self.send(message, payload).await?).await
+            confirmed(self.send(message).await?).await
         })
         .await
     }
@@ -143,31 +140,15 @@ pub async fn publish_batch(
             rows: chunk.rows,
             part: Some(Part::of(chunk.seq, parts)),
         };
-        let payload = &chunk.payload;
-        ride_through(
-            patience,
-            "writing a chunk to the spool",
-            move || async move {
-                Ok(app
-                    .spool
-                    .write(batch_id, record.seq, payload.clone())
-                    .await?)
-            },
-        )
-        .await?;
+        let (record, copy) = (&record, &chunk.copy);
         ride_through(patience, "recording a chunk", move || async move {
             let client = app.pool.get().await?;
-            Ok(ledger::record_chunk(&client, &record).await?)
+            Ok(ledger::record_chunk(&client, record, copy).await?)
         })
         .await?;
-        let message = ChunkMessage {
-            batch_id,
-            seq: chunk.seq,
-            rows: chunk.rows,
-            part: record.part,
-        };
+        let message = record.message();
         let confirm = ride_through(patience, "publishing a chunk", move || async move {
-            publisher_ref.send(message, payload).await
+            publisher_ref.send(message).await
         })
         .await?;
         waiting.push_back((message, confirm));
@@ -185,8 +166,8 @@ pub async fn publish_batch(
     Ok(confirmed_count)
 }
 
-/// Waits for one chunk's confirm (publishing it again from the spool when the confirm was lost),
-/// then marks it `queued`.
+/// Waits for one chunk's confirm (publishing it again when the confirm was lost), then marks it
+/// `queued`.
 async fn settle(
     app: &AppState,
     publisher: &Publisher,
@@ -197,15 +178,7 @@ async fn settle(
     let (batch_id, seq) = (message.batch_id, message.seq);
     if let Err(fault) = confirmed(confirm).await {
         tracing::warn!(%batch_id, %seq, %fault, "a chunk's confirm was lost; publishing it again");
-        let payload = ride_through(
-            patience,
-            "reading a chunk from the spool",
-            move || async move { Ok(app.spool.read(batch_id, seq).await?) },
-        )
-        .await?;
-        publisher
-            .send_confirmed(patience, message, &payload)
-            .await?;
+        publisher.send_confirmed(patience, message).await?;
     }
     ride_through(patience, "marking a chunk queued", move || async move {
         let client = app.pool.get().await?;

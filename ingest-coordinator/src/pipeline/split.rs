@@ -1,8 +1,8 @@
 //! Split: turns the uploaded byte stream into validated, encoded chunks, on blocking threads.
 //!
 //! One thread reads the body (gunzipping it if asked), hashes it, checks the header and cuts
-//! the lines into raw chunks of `chunk_rows` lines; rayon then validates and encodes several raw
-//! chunks at once; finished chunks go, in order, to the publisher through a bounded channel. At
+//! the lines into raw chunks of `chunk_rows` lines; rayon then validates, encodes and compresses
+//! several raw chunks at once; finished chunks go, in order, to the publisher through a bounded channel. At
 //! no point is more than a few chunks of the batch in memory, whatever the size of the file.
 //!
 //! The first bad line stops the publishing (nothing more is sent to workers); reading goes on to
@@ -11,8 +11,8 @@
 use super::body::{BodyReader, Source};
 use super::copy_binary::CopyWriter;
 use super::rates::{self, Header, Ports};
-use bytes::Bytes;
 use ingest_core::chunk::ChunkSeq;
+use ingest_core::chunk_copy::ChunkCopy;
 use ingest_wire::{LineNumber, RowError};
 use rayon::prelude::*;
 use std::io::{self, BufRead, BufReader};
@@ -44,8 +44,9 @@ pub struct Chunk {
     pub last_line: LineNumber,
     /// Rows in the COPY stream.
     pub rows: u32,
-    /// The binary COPY stream (shared, never copied, between the spool and the publisher).
-    pub payload: Bytes,
+    /// Its durable copy: the binary COPY stream, compressed, with its checksum (made here, on
+    /// rayon, as the stream is encoded).
+    pub copy: ChunkCopy,
 }
 
 /// Why reading stopped before the end of the body, if it did.
@@ -373,7 +374,7 @@ fn check(raw: RawChunk, header: &Header, ports: &Ports, max_errors: usize) -> Ch
         first_line: LineNumber(raw.first_line),
         last_line: LineNumber(last_line),
         rows: u32::try_from(writer.rows()).expect("a chunk holds at most chunk_rows rows"),
-        payload: Bytes::from(writer.finish()),
+        copy: ChunkCopy::of(&writer.finish()),
     });
     Checked {
         chunk,
@@ -385,6 +386,7 @@ fn check(raw: RawChunk, header: &Header, ports: &Ports, max_errors: usize) -> Ch
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn run(body: &[u8], chunk_rows: usize) -> (SplitReport, Vec<Chunk>) {
         run_with(body, chunk_rows, false)

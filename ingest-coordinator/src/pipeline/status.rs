@@ -2,7 +2,6 @@
 //! (nothing is cached, so every coordinator answers the same). The shape is
 //! `ingest_wire::BatchStatus`; the chunk states counted are named by their enum.
 
-use super::commit;
 use chrono::{DateTime, Utc};
 use ingest_core::batch::BatchId;
 use ingest_core::chunk::ChunkState;
@@ -20,6 +19,7 @@ use tokio_postgres::{Client, Row};
 static SELECT: LazyLock<String> = LazyLock::new(|| {
     let count =
         |state: ChunkState| format!("count(c.seq) FILTER (WHERE c.state = '{}')", state.as_str());
+    // Damaged reads are handed out again like refused ones: both count as failed attempts.
     // indexed: no table of the batch lacks a valid index (none once merged: a merged table is
     // built with its index).
     let unindexed = format!(
@@ -31,7 +31,7 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
         "SELECT b.id, b.state, b.rows_total, b.error, b.error_count, b.errors, b.bytes_received,
                 b.content_sha256, b.created_at, b.received_at, b.finished_at, b.commit_seconds,
                 count(c.seq), {pending}, {queued}, {loading}, {loaded},
-                count(c.seq) FILTER (WHERE c.state IN ('{failed}', '{dead}')),
+                count(c.seq) FILTER (WHERE c.state IN ('{failed}', '{damaged}', '{dead}')),
                 coalesce(sum(c.rows) FILTER (WHERE c.state = '{loaded_name}'), 0)::bigint,
                 coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
                 min(c.created_at),
@@ -43,6 +43,7 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
         loading = count(ChunkState::Loading),
         loaded = count(ChunkState::Loaded),
         failed = ChunkState::Failed.as_str(),
+        damaged = ChunkState::Damaged.as_str(),
         dead = ChunkState::Dead.as_str(),
         loaded_name = ChunkState::Loaded.as_str(),
         committed = BatchState::Committed.as_str(),
@@ -150,54 +151,54 @@ pub async fn fetch(client: &Client, id: BatchId) -> Result<Option<BatchStatus>, 
     Ok(Some(status))
 }
 
-/// Where the commit of `id` is, read from the committing session's activity and PostgreSQL's
-/// index-build progress (`None` when no coordinator works on it right now).
+/// Where the commit of `id` is: the step its holder recorded in the ledger, and for an index
+/// build PostgreSQL's own progress of the holder's sessions (`None` when no coordinator holds the
+/// batch's commit lease right now).
 async fn commit_progress(client: &Client, id: BatchId) -> Result<Option<CommitProgress>, Fault> {
-    let row = client
-        .query_opt(
-            "SELECT a.query, p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total
-             FROM pg_stat_activity a
-             LEFT JOIN pg_stat_progress_create_index p ON p.pid = a.pid
-             WHERE a.application_name = $1 AND a.state = 'active'
-             ORDER BY a.pid LIMIT 1",
-            &[&commit::session_name(id)],
-        )
-        .await?;
-    let Some(row) = row else {
+    let Some((Some(step), sessions)) = ledger::commit_in_progress(client, id).await? else {
         return Ok(None);
     };
-    let query: String = row.get::<_, Option<String>>(0).unwrap_or_default();
-    let count = |index: usize| {
-        row.get::<_, Option<i64>>(index)
-            .and_then(|n| u64::try_from(n).ok())
-    };
-    let progress = if query.contains("ATTACH PARTITION") {
-        CommitProgress {
-            step: CommitStep::Attach,
+    let progress = match step {
+        CommitStep::Attach => CommitProgress {
+            step,
             phase: "attaching to prices".into(),
             done: None,
             total: None,
-        }
-    } else if query.contains("FOREIGN KEY") || query.contains("VALIDATE CONSTRAINT") {
-        CommitProgress {
-            step: CommitStep::ForeignKeys,
+        },
+        CommitStep::ForeignKeys => CommitProgress {
+            step,
             phase: "validating both foreign keys of each part".into(),
             done: None,
             total: None,
-        }
-    } else {
-        let (done, total) = match (count(3), count(5)) {
-            (Some(blocks), _) if blocks > 0 => (count(2), Some(blocks)),
-            (_, Some(tuples)) if tuples > 0 => (count(4), Some(tuples)),
-            _ => (None, None),
-        };
-        CommitProgress {
-            step: CommitStep::Index,
-            phase: row
-                .get::<_, Option<String>>(1)
-                .unwrap_or_else(|| "waiting to start".into()),
-            done,
-            total,
+        },
+        CommitStep::Index => {
+            let row = client
+                .query_opt(
+                    "SELECT phase, blocks_done, blocks_total, tuples_done, tuples_total
+                     FROM pg_stat_progress_create_index WHERE pid = ANY($1)
+                     ORDER BY pid LIMIT 1",
+                    &[&sessions],
+                )
+                .await?;
+            let count = |index: usize| {
+                row.as_ref()
+                    .and_then(|row| row.get::<_, Option<i64>>(index))
+                    .and_then(|n| u64::try_from(n).ok())
+            };
+            let (done, total) = match (count(2), count(4)) {
+                (Some(blocks), _) if blocks > 0 => (count(1), Some(blocks)),
+                (_, Some(tuples)) if tuples > 0 => (count(3), Some(tuples)),
+                _ => (None, None),
+            };
+            CommitProgress {
+                step,
+                phase: row
+                    .as_ref()
+                    .and_then(|row| row.get::<_, Option<String>>(0))
+                    .unwrap_or_else(|| "waiting to start".into()),
+                done,
+                total,
+            }
         }
     };
     Ok(Some(progress))

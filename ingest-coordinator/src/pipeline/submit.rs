@@ -2,9 +2,9 @@
 //! records how the upload ended. The body is never held in memory: frames go to the split thread
 //! as they arrive.
 //!
-//! An outage of PostgreSQL, RabbitMQ or the spool during the upload pauses it (no more of the body
-//! is read) for up to `INGEST_RIDE_THROUGH_SECONDS`; past that the batch fails and frees its key,
-//! and the caller answers 503.
+//! An outage of PostgreSQL or RabbitMQ during the upload pauses it (no more of the body is read)
+//! for up to `INGEST_RIDE_THROUGH_SECONDS`; past that the batch fails and frees its key, and the
+//! caller answers 503.
 
 use super::body::BodyReader;
 use super::publish;
@@ -16,11 +16,12 @@ use axum::body::Body;
 use futures_util::StreamExt;
 use ingest_core::batch::{BatchId, BatchState};
 use ingest_core::fault::Fault;
-use ingest_core::ledger::{self, Ending, NewBatch, Received as ReceivedFile};
+use ingest_core::ledger::{self, Ending, NewBatch, Received as ReceivedFile, Receiver};
 use ingest_core::metrics as m;
 use ingest_core::outage::ride_through;
 use ingest_wire::{BatchStatus, IdempotencyKey};
 use std::io;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{Instrument, Span};
 
@@ -46,34 +47,55 @@ pub enum Refusal {
     BrokeOff,
 }
 
-/// Records a new batch in `receiving`, or finds the batch that holds `key`. A batch that holds
-/// the key but is `receiving` with no upload feeding it is what a broken-off upload left behind
-/// (its end not recorded yet, because the coordinator restarted or PostgreSQL was away): it is
-/// ended now, freeing the key, so the client's retry is the fresh submit it asks for.
+/// How often a submit whose key a live peer's upload holds looks again.
+const PEER_POLL: Duration = Duration::from_millis(250);
+
+/// Records a new batch in `receiving`, fed by this coordinator, or finds the batch that holds
+/// `key`. A batch that holds the key but is `receiving` with no upload feeding it is what a
+/// broken-off upload left behind (its end not recorded yet, because its coordinator restarted,
+/// died or PostgreSQL was away): it is ended now, freeing the key, so the client's retry is the
+/// fresh submit it asks for. When a live peer still feeds it — the client came back before that
+/// coordinator noticed the break — this waits, up to that coordinator's lease and a little more,
+/// for the upload to end or its coordinator to be gone.
 pub async fn open_batch(app: &AppState, key: Option<&IdempotencyKey>) -> Result<NewBatch, Fault> {
     let patience = app.config.upload_patience();
-    let pool = &app.pool;
+    let (pool, me) = (&app.pool, app.presence.id());
     let parts = app.config.batch_parts;
+    let peer_wait = Instant::now() + app.presence.lease() + Duration::from_secs(5);
     loop {
         let opened = ride_through(patience, "recording a new batch", move || async move {
             let mut client = pool.get().await?;
-            let opened = ledger::create_batch(&mut client, key, parts).await?;
-            let state = match opened {
-                NewBatch::Existing(id) => ledger::batch_state(&client, id).await?,
+            let opened = ledger::create_batch(&mut client, key, parts, me).await?;
+            let found = match opened {
+                NewBatch::Existing(id) => Some((
+                    ledger::batch_state(&client, id).await?,
+                    ledger::receiver_of(&client, id, me).await?,
+                )),
                 NewBatch::Created(_) => None,
             };
-            Ok((opened, state))
+            Ok((opened, found))
         })
         .await?;
-        match opened {
-            (NewBatch::Existing(id), Some(BatchState::Receiving)) if !app.receiving.is_fed(id) => {
-                let reason = "the upload stopped before the whole file was in; it was sent again \
-                              with the same Idempotency-Key";
-                app.end_batch(id, &Ending::upload_lost(reason)).await?;
-                tracing::info!(batch_id = %id, "ended a broken-off upload whose key came back");
+        let (NewBatch::Existing(id), Some((Some(BatchState::Receiving), receiver))) = opened else {
+            return Ok(opened.0);
+        };
+        let abandoned = match receiver {
+            Receiver::Me => !app.receiving.is_fed(id),
+            Receiver::Gone => true,
+            Receiver::Peer(peer) if Instant::now() < peer_wait => {
+                tracing::info!(batch_id = %id, %peer, "a peer still feeds the upload of this key; waiting");
+                tokio::time::sleep(PEER_POLL).await;
+                continue;
             }
-            (opened, _) => return Ok(opened),
+            Receiver::Peer(_) => false,
+        };
+        if !abandoned {
+            return Ok(opened.0);
         }
+        let reason = "the upload stopped before the whole file was in; it was sent again with \
+                      the same Idempotency-Key";
+        app.end_batch(id, &Ending::upload_lost(reason)).await?;
+        tracing::info!(batch_id = %id, "ended a broken-off upload whose key came back");
     }
 }
 
@@ -105,8 +127,8 @@ async fn take_in(
             // Should PostgreSQL still be away, the sweep ends the batch once it is back.
             tracing::warn!(%batch_id, %fault, "upload given up");
             let reason = format!(
-                "the upload was given up: PostgreSQL, RabbitMQ or the coordinator's spool was \
-                 unavailable for longer than {} s; submit the file again",
+                "the upload was given up: PostgreSQL or RabbitMQ was unavailable for longer \
+                 than {} s; submit the file again",
                 app.config.ride_through_seconds
             );
             if let Err(error) = app.end_batch(batch_id, &Ending::upload_lost(reason)).await {
@@ -237,15 +259,27 @@ async fn conclude(
             sha256: &report.sha256,
         },
     );
-    let loading = ride_through(patience, "recording a received batch", move || async move {
+    // Tried again after an outage: the state it returns is the truth even when the first
+    // try's update committed and only its answer was lost.
+    let state = ride_through(patience, "recording a received batch", move || async move {
         let client = pool.get().await?;
         Ok(ledger::finish_receiving(&client, batch_id, received).await?)
     })
     .await?;
     app.commit_wakeup.notify_one();
     let status = status_of(app, batch_id).await?;
-    if !loading {
-        return Ok(Received::Cancelled(status));
+    match state {
+        Some(BatchState::Loading | BatchState::Committing | BatchState::Committed) => {}
+        Some(BatchState::Cancelled) => return Ok(Received::Cancelled(status)),
+        // Ended meanwhile: its coordinator was taken for gone (it stalled past its lease) and
+        // the upload ended, its key released — or one of its chunks failed it already.
+        _ => {
+            tracing::warn!(%batch_id, error = ?status.error, "the batch ended while its upload came in");
+            return Err(Fault::outage(format!(
+                "batch {batch_id} ended while its upload came in: {}",
+                status.error.as_deref().unwrap_or("no reason recorded")
+            )));
+        }
     }
     metrics::counter!(m::ROWS_RECEIVED).increment(report.rows);
     tracing::info!(

@@ -1,33 +1,21 @@
-//! No chunk is stranded and only the data fails a batch, on real PostgreSQL and RabbitMQ: a
-//! message dead-lettered is handed out again; a poison chunk fails its batch naming its lines; a
-//! commit interrupted after any of its steps (or racing a killed coordinator's index build) is
-//! resumed and commits once; two coordinators committing one batch at once commit it once; an
-//! upload nobody feeds any more is ended and frees its key. (Stopping PostgreSQL or RabbitMQ
-//! themselves is `outages.rs`.)
+//! No chunk is stranded and only the data fails a batch, on real PostgreSQL and RabbitMQ: a chunk
+//! no worker can load (dead-lettered round after round) fails its batch and frees its key; a
+//! poison chunk fails its batch naming its lines; a commit interrupted after any of its steps (or
+//! racing a killed coordinator's index build, its lease not yet out) is resumed and commits once;
+//! two coordinators committing one batch at once commit it once; an upload nobody feeds any more
+//! is ended and frees its key. (Stopping PostgreSQL or RabbitMQ themselves is `outages.rs`; peers
+//! that freeze, vanish or restart are `fleet.rs`.)
 
 use ingest_coordinator::pipeline::commit::{self, Committed};
-use ingest_core::chunk::{ChunkState, Part};
+use ingest_core::chunk::{ChunkMessage, ChunkSeq, ChunkState, Part};
+use ingest_core::chunk_copy::ChunkCopy;
 use ingest_core::{ledger, schema};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, IdempotencyKey};
-use lapin::options::{BasicGetOptions, BasicRejectOptions, QueuePurgeOptions};
+use lapin::options::QueuePurgeOptions;
 use std::time::Duration;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(120);
-
-/// (rows, sum of prices) of one batch as readers see it.
-async fn batch_totals(env: &TestEnv, id: BatchId) -> (i64, i64) {
-    let row = env
-        .db
-        .query_one(
-            "SELECT count(*), coalesce(sum(price), 0)::bigint FROM prices_by_batch
-             WHERE batch_id = $1",
-            &[&id.get()],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
-}
 
 /// Partitions of `prices_by_batch` that hold a batch (the partition of direct writes, batch 0,
 /// left out).
@@ -51,69 +39,62 @@ fn index_parts_sql(id: BatchId) -> String {
         .collect()
 }
 
-/// Submits `rows` generated rows (seed `seed`) and returns the batch id once accepted.
-async fn submit_generated(env: &TestEnv, seed: u64, rows: u64) -> BatchId {
-    let codes = rates_file::port_codes(&ingest_testkit::data_dir());
-    let (code, accepted) = env.submit(rates_file::whole(&codes, seed, rows)).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    accepted.id()
-}
-
-/// What readers must see of a generated batch.
-fn expected(seed: u64, rows: u64) -> (i64, i64) {
-    rates_file::totals(
-        &rates_file::port_codes(&ingest_testkit::data_dir()),
-        seed,
-        rows,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dead_lettered_chunks_are_handed_out_again_and_the_batch_commits() {
+async fn a_chunk_no_worker_can_load_fails_its_batch_and_frees_its_key() {
     let mut env = TestEnv::start(Options {
         workers: 0,
-        redrive_after_seconds: 1.0,
         ..Options::default()
     })
     .await;
-    let id = submit_generated(&env, 21, 30_000).await;
-    assert_eq!(env.queue_depth().await, 6);
+    let codes = rates_file::port_codes(&ingest_testkit::data_dir());
+    let (code, accepted) = env
+        .submit_with(
+            rates_file::whole(&codes, 23, 10_000),
+            &[("idempotency-key", "k-undeliverable")],
+        )
+        .await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let id = accepted.id();
 
-    // Dead-letter every message, as RabbitMQ does past the delivery limit: the ledger still
-    // has the chunks `queued`, and no message for them is left in the chunk queue.
+    // Chunk 1's message comes back from the dead-letter queue after its last round: workers kept
+    // dying on it (or were cut off holding it) every time.
     let connection = ingest_testkit::amqp_connection("dead-letterer").await;
     let channel = connection.create_channel().await.unwrap();
-    let mut rejected = 0;
-    while let Some(message) = channel
-        .basic_get(env.queue.as_str().into(), BasicGetOptions::default())
+    let message = ChunkMessage {
+        batch_id: id,
+        seq: ChunkSeq(1),
+        rows: 5_000,
+        part: Some(Part(1)),
+        dead_letters: ingest_coordinator::loops::redrive::DEAD_LETTER_ROUNDS,
+    };
+    channel
+        .basic_publish(
+            "".into(),
+            ingest_core::broker::dead_letter_queue(&env.queue)
+                .as_str()
+                .into(),
+            lapin::options::BasicPublishOptions::default(),
+            &[],
+            lapin::BasicProperties::default().with_headers(message.to_headers()),
+        )
         .await
-        .unwrap()
-    {
-        message
-            .delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: false })
-            .await
-            .unwrap();
-        rejected += 1;
-    }
+        .unwrap();
     let _ = connection.close(200, "done".into()).await;
-    assert_eq!(rejected, 6);
-    env.wait_until("the messages to be dead-lettered", FINAL_WITHIN, || async {
-        env.dead_letters().await == 6
-    })
-    .await;
-    assert_eq!(env.chunks_in(id, ChunkState::Queued).await, 6);
 
-    env.start_workers(2);
     let status = env.wait_final(id, FINAL_WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
-    assert_eq!(batch_totals(&env, id).await, expected(21, 30_000));
-    assert_eq!(
-        env.dead_letters().await,
-        6,
-        "the dead letters stay for an operator"
+    assert_eq!(status.state, BatchState::Failed, "{status:#?}");
+    let error = status.error.as_deref().unwrap();
+    assert!(
+        error.starts_with(
+            "chunk 1 (lines 5002–10001) was handed out 5 times by RabbitMQ's \
+                           dead-letter queue and no worker finished loading it"
+        ) && error.contains("not the file's fault"),
+        "{error}"
     );
+    assert_eq!(env.unattached_staging_tables().await, 0);
+    // Not the data's fault: the key is free, and the file sent again loads.
+    env.start_workers(1);
+    resubmit_commits(&env, "k-undeliverable", id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -125,17 +106,28 @@ async fn a_poison_chunk_fails_its_batch_naming_the_chunk_and_its_lines() {
         ..Options::default()
     })
     .await;
-    let id = submit_generated(&env, 22, 20_000).await;
+    let id = env.submit_generated(22, 20_000).await;
     assert_eq!(env.queue_depth().await, 4);
 
     // Chunk 2 (lines 10002–15001) becomes a COPY stream PostgreSQL refuses (rows of three
-    // fields), in the spool and so in every copy handed out from now on; the messages already
-    // queued go.
-    let poison = env.spool.path().join(format!("batch-{id}/chunk-2.copy"));
+    // fields) — its stored copy replaced by one whose checksum matches, so every read of it is
+    // good and every attempt refused; the messages already queued go.
     let mut bytes = b"PGCOPY\n\xff\r\n\0".to_vec();
     bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&3i16.to_be_bytes());
-    std::fs::write(&poison, bytes).unwrap();
+    let poison = ChunkCopy::of(&bytes);
+    let replaced = env
+        .db
+        .execute(
+            &format!(
+                "UPDATE {} SET crc32 = $1, bytes = $2 WHERE seq = 2",
+                schema::copies_table(id)
+            ),
+            &[&i64::from(poison.crc32), &poison.compressed],
+        )
+        .await
+        .unwrap();
+    assert_eq!(replaced, 1);
     let connection = ingest_testkit::amqp_connection("purger").await;
     let channel = connection.create_channel().await.unwrap();
     channel
@@ -156,7 +148,7 @@ async fn a_poison_chunk_fails_its_batch_naming_the_chunk_and_its_lines() {
     assert_eq!(env.chunks_in(id, ChunkState::Dead).await, 1);
     assert_eq!(env.prices_count().await, 0);
     assert_eq!(env.unattached_staging_tables().await, 0);
-    assert!(!env.spool.path().join(format!("batch-{id}")).exists());
+    assert_eq!(env.copies_tables().await, 0);
 }
 
 /// Five batches, loaded but not committed, each left as a coordinator killed at another point
@@ -173,7 +165,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
     let seeds = [31, 32, 33, 34, 35];
     let mut ids = Vec::new();
     for seed in seeds {
-        ids.push(submit_generated(&env, seed, ROWS).await);
+        ids.push(env.submit_generated(seed, ROWS).await);
     }
     env.stop_coordinator().await;
     env.start_workers(2);
@@ -192,24 +184,44 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         .batch_execute(&index_parts_sql(after_index))
         .await
         .unwrap();
-    // Killed while building the index: its backend still holds the commit lock, in the middle of
-    // its own CREATE INDEX.
+    // Killed (or frozen) while building the index: its backend is still there, named for the
+    // commit, in the middle of its own CREATE INDEX, and its lease has not run out yet.
     assert!(ledger::start_commit(&env.db, mid_index).await.unwrap());
     let lingering = ingest_core::db::connect(&env.database_url).await.unwrap();
-    let lingering_pid: i32 = lingering
-        .query_one("SELECT pg_backend_pid()", &[])
+    lingering
+        .batch_execute(&format!(
+            "SET application_name = '{}'",
+            ledger::commit_session_name(mid_index)
+        ))
         .await
-        .unwrap()
-        .get(0);
-    assert!(ledger::try_lock_commit(&lingering, mid_index)
-        .await
-        .unwrap());
+        .unwrap();
+    let taken = ledger::take_commit_lease(
+        &lingering,
+        mid_index,
+        "a-coordinator-that-died",
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(taken, ledger::Take::Taken(_)), "{taken:?}");
     lingering
         .batch_execute(&format!("BEGIN; {}", index_parts_sql(mid_index)))
         .await
         .unwrap();
-    // Killed after the attach committed, before its spool was removed.
+    // Killed after the attach committed, before its chunks' copies were dropped.
     assert!(ledger::start_commit(&env.db, after_attach).await.unwrap());
+    let ledger::Take::Taken(fence) = ledger::take_commit_lease(
+        &env.db,
+        after_attach,
+        "a-coordinator-that-died",
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap() else {
+        panic!("the test takes the lease")
+    };
     {
         let tx = env.db.transaction().await.unwrap();
         tx.batch_execute(&index_parts_sql(after_attach))
@@ -218,17 +230,22 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         tx.batch_execute(&schema::attach_sql(after_attach))
             .await
             .unwrap();
-        let rows = ledger::finish_commit(&tx, after_attach, Duration::from_millis(100))
+        let rows = ledger::finish_commit(&tx, after_attach, fence, Duration::from_millis(100))
             .await
             .unwrap();
         assert_eq!(rows, Some(ROWS));
         tx.commit().await.unwrap();
     }
-    assert!(env
-        .spool
-        .path()
-        .join(format!("batch-{after_attach}"))
-        .exists());
+    let copies_left: bool = env
+        .db
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&schema::copies_table(after_attach)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(copies_left);
     // Killed after the foreign keys of one part were added NOT VALID, before their validation.
     assert!(ledger::start_commit(&env.db, keys_not_valid).await.unwrap());
     let keys = schema::foreign_keys(&env.db).await.unwrap();
@@ -246,26 +263,32 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         let status = env.wait_final(id, FINAL_WITHIN).await;
         assert_eq!(status.state, BatchState::Committed, "{status:#?}");
     }
-    // The lingering backend keeps the batch from being committed twice at once.
+    // The live lease keeps the batch from being committed twice at once.
     assert_eq!(env.batch_state(mid_index).await, BatchState::Committing);
     assert_eq!(
         commit::commit_batch(env.state(), mid_index).await.unwrap(),
         Committed::Busy
     );
-    // Its coordinator is dead: PostgreSQL ends the backend, its index build is rolled back and
-    // the lock freed.
+    // Its holder stops renewing: once the lease ran out, the coordinator takes it over and ends
+    // the lingering backend first (its index build is rolled back), then commits.
     env.db
-        .execute("SELECT pg_terminate_backend($1)", &[&lingering_pid])
+        .execute(
+            "UPDATE batches SET commit_lease_until = now() - interval '1 second' WHERE id = $1",
+            &[&mid_index.get()],
+        )
         .await
         .unwrap();
-    drop(lingering);
     let status = env.wait_final(mid_index, FINAL_WITHIN).await;
     assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert!(
+        lingering.simple_query("SELECT 1").await.is_err(),
+        "the stale holder's session was ended"
+    );
 
     for (id, seed) in ids.iter().zip(seeds) {
         assert_eq!(
-            batch_totals(&env, *id).await,
-            expected(seed, ROWS),
+            env.batch_totals(*id).await,
+            rates_file::expected(seed, ROWS),
             "batch {id}"
         );
     }
@@ -293,11 +316,7 @@ async fn a_commit_interrupted_after_any_step_is_resumed_and_commits_once() {
         "{keys:?}"
     );
     assert_eq!(env.unattached_staging_tables().await, 0);
-    assert_eq!(
-        env.state().spool.batches().await.unwrap(),
-        Vec::<BatchId>::new(),
-        "no spooled chunks are left"
-    );
+    env.wait_copies_dropped(FINAL_WITHIN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -311,7 +330,7 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
     })
     .await;
     const ROWS: u64 = 300_000;
-    let id = submit_generated(&env, 41, ROWS).await;
+    let id = env.submit_generated(41, ROWS).await;
     let first = env.coordinator.take().unwrap();
     let second = ingest_coordinator::app::start(env.config.clone())
         .await
@@ -336,7 +355,7 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
     let status = env.wait_final(id, FINAL_WITHIN).await;
     assert_eq!(status.state, BatchState::Committed, "{status:#?}");
     assert_eq!(status.outage, None);
-    assert_eq!(batch_totals(&env, id).await, expected(41, ROWS));
+    assert_eq!(env.batch_totals(id).await, rates_file::expected(41, ROWS));
     assert_eq!(partitions(&env).await, 1);
     second.stop().await.unwrap();
 }
@@ -346,7 +365,7 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
 async fn orphan_upload(env: &TestEnv, key: &str) -> BatchId {
     let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
     let key = IdempotencyKey::parse(key).unwrap();
-    match ledger::create_batch(&mut client, Some(&key), 2)
+    match ledger::create_batch(&mut client, Some(&key), 2, "a-coordinator-that-died")
         .await
         .unwrap()
     {
@@ -367,8 +386,10 @@ async fn resubmit_commits(env: &TestEnv, key: &str, orphan: BatchId) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_nobody_feeds_is_ended_and_its_key_freed() {
+    // The sweep ends a peer's upload once it has itself been seen steadily for a lease.
     let env = TestEnv::start(Options {
         redrive_after_seconds: 1.0,
+        coordinator_lease_seconds: 2.0,
         ..Options::default()
     })
     .await;
@@ -405,7 +426,7 @@ async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
         ..Options::default()
     })
     .await;
-    let id = submit_generated(&env, 61, 20_000).await;
+    let id = env.submit_generated(61, 20_000).await;
     env.stop_coordinator().await;
     env.start_workers(2);
     env.wait_loaded(id, FINAL_WITHIN).await;
@@ -456,7 +477,7 @@ async fn a_commit_whose_session_is_killed_is_retried_and_the_outage_shown() {
         reason.starts_with("building the batch's index: ") && reason.contains("SQLSTATE 57P01"),
         "{reason}"
     );
-    assert_eq!(batch_totals(&env, id).await, expected(61, 20_000));
+    assert_eq!(env.batch_totals(id).await, rates_file::expected(61, 20_000));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -466,7 +487,7 @@ async fn the_status_says_where_a_commit_is() {
         ..Options::default()
     })
     .await;
-    let id = submit_generated(&env, 81, 20_000).await;
+    let id = env.submit_generated(81, 20_000).await;
     env.stop_coordinator().await;
     env.start_workers(2);
     env.wait_loaded(id, FINAL_WITHIN).await;
@@ -513,7 +534,7 @@ async fn the_status_says_where_a_commit_is() {
     let status = env.wait_final(id, FINAL_WITHIN).await;
     assert_eq!(status.state, BatchState::Committed, "{status:#?}");
     assert_eq!(status.commit, None);
-    assert_eq!(batch_totals(&env, id).await, expected(81, 20_000));
+    assert_eq!(env.batch_totals(id).await, rates_file::expected(81, 20_000));
 }
 
 /// Polls the batch's status until its commit is at `step`.

@@ -3,6 +3,7 @@
 //! `ingest-testkit`).
 
 mod faults;
+mod fleet;
 mod merge;
 mod outages;
 mod page;

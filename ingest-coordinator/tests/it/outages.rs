@@ -219,7 +219,7 @@ async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
         assert!(!message.contains(internal), "{message}");
     }
 
-    // Once PostgreSQL is back, the batch is failed, its key freed, its rows and spool dropped.
+    // Once PostgreSQL is back, the batch is failed, its key freed, its rows and copies dropped.
     env.reconnect_db().await;
     let id = BatchId(
         env.db
@@ -241,7 +241,7 @@ async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
         .get(0);
     assert_eq!(key, None, "the key is free for the retry");
     assert_eq!(env.unattached_staging_tables().await, 0);
-    assert!(!env.spool.path().join(format!("batch-{id}")).exists());
+    assert_eq!(env.copies_tables().await, 0);
     assert_eq!(env.prices_count().await, 0);
 
     // The client's retry with the same key loads the file once.

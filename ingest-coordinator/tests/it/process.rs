@@ -84,7 +84,7 @@ async fn unsafe_or_impossible_settings_stop_it_with_one_line() {
     let public = format!("0.0.0.0:{port}");
     /// What is wrong, the settings that say it, and the reason the coordinator must give.
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (
             "a public address without a token",
             &[("INGEST_LISTEN", &public)],
@@ -122,9 +122,14 @@ async fn unsafe_or_impossible_settings_stop_it_with_one_line() {
             &[("INGEST_REDRIVE_POLL_MS", "0")],
             "--redrive-poll-ms (INGEST_REDRIVE_POLL_MS) must be at least 1",
         ),
+        (
+            "a coordinator lease under a second",
+            &[("INGEST_COORDINATOR_LEASE_SECONDS", "0.5")],
+            "--coordinator-lease-seconds (INGEST_COORDINATOR_LEASE_SECONDS) must be at least 1",
+        ),
     ];
     for (case, settings, reason) in cases {
-        let (mut command, _spool) = CoordinatorProcess::command(EXE, &env, 0, settings);
+        let mut command = CoordinatorProcess::command(EXE, &env, 0, settings);
         let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
         let exit = wait_exit(&mut child, Duration::from_secs(30));
         let mut stderr = String::new();

@@ -1,12 +1,11 @@
 //! Upgrades: what an older coordinator left in flight is finished by the new one. Here a batch
 //! staged before parts by chunk (migration V5), whose staging table PostgreSQL split by a hash of
-//! the row and whose chunk messages name no part.
+//! the row and whose chunk messages name no part — and, from before chunk copies lived in
+//! PostgreSQL (V6), carry the chunk's COPY stream as their body.
 
-use bytes::Bytes;
 use futures_util::{pin_mut, TryStreamExt};
-use ingest_coordinator::pipeline::spool::Spool;
 use ingest_core::batch::BatchId;
-use ingest_core::chunk::{ChunkSeq, ChunkState};
+use ingest_core::chunk::{ChunkMessage, ChunkSeq, ChunkState};
 use ingest_core::ledger::{self, Received};
 use ingest_core::schema;
 use ingest_testkit::{Options, TestEnv};
@@ -28,7 +27,7 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
     .await;
 
     // What a coordinator of schema V4 left: a batch received, its staging table split by hash,
-    // its chunks spooled and recorded with no part.
+    // its chunks recorded with no part and published with their stream as the body.
     let id = BatchId(
         env.db
             .query_one(
@@ -52,7 +51,11 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
         ))
         .await
         .unwrap();
-    let spool = Spool::new(env.spool.path());
+    let connection = ingest_testkit::amqp_connection("an older coordinator").await;
+    let channel = connection.create_channel().await.unwrap();
+    ingest_core::broker::declare(&channel, &env.queue)
+        .await
+        .unwrap();
     for seq in 0..CHUNKS {
         // A chunk's binary COPY stream, as PostgreSQL itself writes it.
         let rows = format!(
@@ -68,37 +71,58 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
         while let Some(bytes) = stream.try_next().await.unwrap() {
             payload.extend_from_slice(&bytes);
         }
-        spool
-            .write(id, ChunkSeq(seq), Bytes::from(payload))
-            .await
-            .unwrap();
-        // Recorded as that coordinator did (`chunks` had no column `part` yet).
+        // Recorded as that coordinator did (`chunks` had no column `part` yet), and queued.
         let first = 2 + i64::from(seq) * ROWS;
         env.db
             .execute(
                 "INSERT INTO chunks (batch_id, seq, first_line, last_line, rows, state) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending')",
+                 VALUES ($1, $2, $3, $4, $5, 'queued')",
                 &[&id.get(), &seq, &first, &(first + ROWS - 1), &(ROWS as i32)],
             )
             .await
             .unwrap();
+        let message = ChunkMessage {
+            batch_id: id,
+            seq: ChunkSeq(seq),
+            rows: ROWS as u32,
+            part: None,
+            dead_letters: 0,
+        };
+        channel
+            .basic_publish(
+                "".into(),
+                env.queue.as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &payload,
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(message.to_headers()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
+    let _ = connection.close(200, "upgraded".into()).await;
     let total = ROWS * i64::from(CHUNKS);
-    assert!(ledger::finish_receiving(
-        &env.db,
-        id,
-        &Received {
-            rows: total as u64,
-            chunks: CHUNKS as u32,
-            bytes: 0,
-            sha256: "",
-        },
-    )
-    .await
-    .unwrap());
+    assert_eq!(
+        ledger::finish_receiving(
+            &env.db,
+            id,
+            &Received {
+                rows: total as u64,
+                chunks: CHUNKS as u32,
+                bytes: 0,
+                sha256: "",
+            },
+        )
+        .await
+        .unwrap(),
+        Some(BatchState::Loading)
+    );
 
-    // The new coordinator migrates, hands the chunks out from its spool, the workers copy them
-    // into the staging table (PostgreSQL routes the rows), and the batch commits.
+    // The new coordinator migrates, the new workers take the messages and copy the streams they
+    // carry into the staging table (PostgreSQL routes the rows), and the batch commits.
     schema::migrate(&mut env.db).await.unwrap();
     env.start_coordinator().await;
     env.start_workers(2);

@@ -2,6 +2,7 @@
 //! validated, and gets its read index right after (CREATE INDEX CONCURRENTLY, part by part); a
 //! part whose index build was cut off gets it built again by the commit loop.
 
+use ingest_core::ledger::{self, Take};
 use ingest_testkit::{Options, TestEnv};
 use ingest_wire::BatchState;
 use std::time::Duration;
@@ -46,11 +47,20 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
     assert_eq!(env.status(id).await.indexed, Some(true));
 
     // A build cut off after the batch became visible leaves it without an index: the commit
-    // loop builds it again. Holding the batch's commit lock keeps the loop away until the status
-    // is read.
-    assert!(ingest_core::ledger::try_lock_commit(&env.db, id)
-        .await
-        .unwrap());
+    // loop builds it again. Holding the batch's commit lease keeps the loop away until the
+    // status is read.
+    let taken = ledger::take_commit_lease(
+        &env.db,
+        id,
+        "the-test",
+        Duration::from_secs(3600),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    let Take::Taken(fence) = taken else {
+        panic!("the test takes the commit lease: {taken:?}");
+    };
     env.db
         .batch_execute(&format!(
             "DROP INDEX price_batches.batch_{}_p1_route_day",
@@ -65,7 +75,7 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
         (BatchState::Committed, Some(false)),
         "the status says the index is not there"
     );
-    ingest_core::ledger::unlock_commit(&env.db, id)
+    ledger::release_commit_lease(&env.db, id, fence)
         .await
         .unwrap();
     env.wait_until("the lost index to be built again", WITHIN, || async {
