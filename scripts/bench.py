@@ -168,25 +168,30 @@ class Stack:
     settings, their logs appended to `out/log_name`; `stop()` ends the processes and removes the
     queues (the database stays for a look, and is made afresh next time)."""
 
-    def __init__(self, db, port, workers, out, log_name, **settings):
+    def __init__(self, db, port, workers, out, log_name, bin_dir=RELEASE, **settings):
         self.db, self.queue = db, f"ingest.bench.{db}.{os.getpid()}"
         fresh_db(db)
+        # A folder to run in: a --previous build may still keep files of its own there (its
+        # spool).
+        self.scratch = tempfile.mkdtemp(prefix="bench-run-")
         self.env = dict(os.environ,
                         DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{db}",
                         INGEST_QUEUE=self.queue, INGEST_LISTEN=f"127.0.0.1:{port}",
                         INGEST_URL=f"http://127.0.0.1:{port}",
-                        RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50", **settings)
+                        RUST_LOG="warn", INGEST_COMMIT_POLL_MS="50",
+                        INGEST_SPOOL_DIR=os.path.join(self.scratch, "spool"), **settings)
         self.env.pop("INGEST_TOKEN", None)
         self.base = self.env["INGEST_URL"]
-        subprocess.run([f"{RELEASE}/ingest-coordinator", "seed", "--data-dir",
+        self.bin_dir = bin_dir
+        subprocess.run([f"{bin_dir}/ingest-coordinator", "seed", "--data-dir",
                         os.path.join(ROOT, "data", "ratestask")], env=self.env, check=True,
-                       capture_output=True)
+                       capture_output=True, cwd=self.scratch)
         self.logs = open(os.path.join(out, log_name), "a")
-        self.procs = [subprocess.Popen([f"{RELEASE}/ingest-coordinator"], env=self.env,
-                                       stdout=self.logs, stderr=self.logs)]
+        self.procs = [subprocess.Popen([f"{bin_dir}/ingest-coordinator"], env=self.env,
+                                       stdout=self.logs, stderr=self.logs, cwd=self.scratch)]
         for n in range(workers):
             self.procs.append(subprocess.Popen(
-                [f"{RELEASE}/ingest-worker"], stdout=self.logs, stderr=self.logs,
+                [f"{bin_dir}/ingest-worker"], stdout=self.logs, stderr=self.logs,
                 env=dict(self.env, INGEST_WORKER_NAME=f"bench-{db}-{n}",
                          INGEST_WORKER_LISTEN="127.0.0.1:0")))
         deadline = time.monotonic() + 60
@@ -213,17 +218,18 @@ class Stack:
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue], capture_output=True)
         subprocess.run(["rabbitmqctl", "-q", "delete_queue", self.queue + ".dead"],
                        capture_output=True)
+        shutil.rmtree(self.scratch, ignore_errors=True)
         self.logs.close()
 
 
-def pipeline(path, rows, workers, out, visible_first=False):
-    stack = Stack("bench_pipeline", 18580, workers, out, "pipeline.log",
+def pipeline(path, rows, workers, out, visible_first=False, bin_dir=RELEASE):
+    stack = Stack("bench_pipeline", 18580, workers, out, "pipeline.log", bin_dir=bin_dir,
                   INGEST_VISIBLE_BEFORE_INDEX="true" if visible_first else "false")
     db, env, base, procs = stack.db, stack.env, stack.base, stack.procs
     try:
         sql(db, "CHECKPOINT")
         started = time.monotonic()
-        submit = subprocess.run([f"{RELEASE}/ingest", "submit", path, "--no-wait"], env=env,
+        submit = subprocess.run([f"{stack.bin_dir}/ingest", "submit", path, "--no-wait"], env=env,
                                 capture_output=True, text=True)
         if submit.returncode != 0:
             raise RuntimeError("ingest submit failed: " + submit.stderr)
@@ -375,6 +381,9 @@ def main():
     parser.add_argument("--batches", type=int, default=300,
                         help="small batches for the readers' part (0: skip it)")
     parser.add_argument("--partitions-max", type=int, default=8)
+    parser.add_argument("--previous", default="",
+                        help="a folder with the release binaries of an earlier build: its "
+                             "pipeline runs in the same rounds, as 'pipeline (previous)'")
     parser.add_argument("--skip", default="",
                         help="comma-separated baselines not to run: psql, raw, hand "
                              "(for a memory run at a size where psql \\copy takes too long)")
@@ -395,7 +404,11 @@ def main():
 
     results = {"rows": args.rows, "workers": args.workers, "runs": args.runs,
                "file_bytes": os.path.getsize(path), "methods": {}}
-    modes = {"pipeline": False, "pipeline, visible first": True}
+    modes = {"pipeline": (False, RELEASE), "pipeline, visible first": (True, RELEASE)}
+    if args.previous:
+        previous = os.path.abspath(args.previous)
+        modes["pipeline (previous)"] = (False, previous)
+        modes["pipeline, visible first (previous)"] = (True, previous)
     samples = {"psql \\copy": [], "raw 2x \\copy": [], "by hand": [], "pgloader": [],
                **{mode: [] for mode in modes}}
     hand_steps, pipeline_runs = [], {mode: [] for mode in modes}
@@ -414,8 +427,8 @@ def main():
             if loaded != args.rows:
                 raise RuntimeError(f"pgloader loaded {loaded} rows, not {args.rows}")
             samples["pgloader"].append(seconds)
-        for mode, visible_first in modes.items():
-            one = pipeline(path, args.rows, args.workers, args.out, visible_first)
+        for mode, (visible_first, bin_dir) in modes.items():
+            one = pipeline(path, args.rows, args.workers, args.out, visible_first, bin_dir)
             pipeline_runs[mode].append(one)
             samples[mode].append(one["seconds"])
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The chaos run: one big batch through real faults, judged against the file.
+# The chaos run: big batches through real faults, judged against the file.
 #
-#   scripts/chaos.sh [--rows N] [--mode loading|upload] [--dir DIR]
+#   scripts/chaos.sh [--rows N] [--mode loading|upload|fleet] [--dir DIR] [--no-build]
 #
-# Starts a coordinator and 3 workers (release binaries) on the local PostgreSQL and RabbitMQ,
-# submits N generated rows (default 8,000,000, real port codes) with `ingest submit` (which sends
-# the file again with its Idempotency-Key when the coordinator cannot take it), and applies, about
-# 1 s apart:
+# --mode loading and --mode upload: one coordinator and 3 workers (release binaries) on the local
+# PostgreSQL and RabbitMQ; N generated rows (default 8,000,000, real port codes) submitted with
+# `ingest submit` (which sends the file again with its Idempotency-Key when the coordinator
+# cannot take it), and, about 1 s apart:
 #   worker SIGKILL (a replacement starts) · RabbitMQ stop_app/start_app · worker SIGKILL ·
 #   PostgreSQL fast restart · worker SIGKILL · coordinator SIGKILL and restart ·
 #   PostgreSQL stopped 30 s · (2 s later, while it is still down) RabbitMQ stopped 60 s ·
@@ -18,11 +18,36 @@
 # RabbitMQ bounce while PostgreSQL is down (the last chunk is loaded as the upload ends, and the
 # commit must still be running when they come).
 #
-# A fault counts as landed when the batch was still open (not committed, failed or cancelled)
+# --mode fleet: 2 coordinators (ports 18480 and 18481, each run in a working folder of its own
+# under DIR; coordinator lease INGEST_COORDINATOR_LEASE_SECONDS, 5 s unless set) and 3 workers
+# (worker lease INGEST_LEASE_SECONDS, 10 s unless set) on one database and queue. The file is
+# split in two halves (each with the header line), submitted at the same time, one to each
+# coordinator, each with its own Idempotency-Key. PostgreSQL and RabbitMQ stay up; the faults
+# are the fleet's, 1–2 s apart while the batches load and commit:
+#   worker SIGSTOP as soon as one is caught holding a chunk (first: at 1M rows the batches are in,
+#     loaded and committed about 2 s after the first chunk), thawed once its lease ran out and a
+#     coordinator ended its backend and handed the chunk out again, and at least the worker lease
+#     + 5 s later (the faults go on meanwhile) · worker SIGKILL (a replacement starts) ·
+#   coordinator SIGKILL, its working folder deleted, a new coordinator on its port in a new folder
+#     (the one holding a commit lease, else one whose batch is still loading, else one whose upload
+#     is still coming in: that upload then fails and its CLI sends it again) ·
+#   worker SIGKILLs every 2 s until a commit is under way · SIGSTOP of the coordinator holding
+#     that commit lease, held until a peer took the commit over and at least the coordinator
+#     lease + 5 s (worker SIGKILLs every 2 s meanwhile), then SIGCONT ·
+#   worker SIGKILLs every 2 s until both batches end.
+# The verdict is per day against the whole file (both halves); it also needs both submissions
+# ended with a committed batch, both freezes taken over (the chunk handed out again, the commit
+# lease taken by a peer). A batch failed because its upload stopped (its coordinator killed or
+# frozen while the file came in: its key released, the file sent again) is counted and reported;
+# any other failed batch fails the run.
+#
+# A fault counts as landed when a batch was still open (not committed, failed or cancelled)
 # as it was applied. The verdict compares `prices` with the file per day (rows, sum of prices)
-# and exits 0 only when the batch committed, nothing differs (lost=0 duplicated=0) and every kind
-# of fault landed. PostgreSQL and RabbitMQ are started again whatever happens (a trap). The run
-# uses its own database (ingest_chaos) and queue (ingest.chaos), recreated each time.
+# and exits 0 only when the batch(es) committed, nothing differs (lost=0 duplicated=0) and every
+# kind of fault landed. PostgreSQL and RabbitMQ are started again, SIGSTOPped processes thawed
+# and every process the run started stopped, whatever happens (a trap). The run uses its own
+# database (ingest_chaos) and queue (ingest.chaos), recreated each time. --no-build uses the
+# release binaries in target/release as they are instead of building them first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -30,15 +55,17 @@ source scripts/services.sh
 rows=8000000
 mode=loading
 dir=target/chaos
+build=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rows) rows=$2; shift 2 ;;
     --mode) mode=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
-    *) echo "usage: scripts/chaos.sh [--rows N] [--mode loading|upload] [--dir DIR]" >&2; exit 2 ;;
+    --no-build) build=0; shift ;;
+    *) echo "usage: scripts/chaos.sh [--rows N] [--mode loading|upload|fleet] [--dir DIR] [--no-build]" >&2; exit 2 ;;
   esac
 done
-case "$mode" in loading|upload) ;; *) echo "chaos: --mode is loading or upload" >&2; exit 2 ;; esac
+case "$mode" in loading|upload|fleet) ;; *) echo "chaos: --mode is loading, upload or fleet" >&2; exit 2 ;; esac
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -67,6 +94,12 @@ coordinator_pid=""
 worker_pids=()
 submit_pid=""
 workers_started=0
+# The fleet mode's processes: its coordinators by name (a, b), its submits, and what is
+# SIGSTOPped right now (the trap thaws it).
+declare -A fleet_coordinators=()
+fleet_submits=()
+stopped_pids=()
+declare -A worker_names=()
 
 start_coordinator() {
   "$bin/ingest-coordinator" >>"$dir/coordinator.log" 2>&1 &
@@ -79,6 +112,7 @@ start_worker() {
     "$bin/ingest-worker" \
     >>"$dir/worker-$workers_started.log" 2>&1 &
   worker_pids+=("$!")
+  worker_names[$!]="chaos-worker-$workers_started"
   disown
 }
 # kill_now PID: SIGKILL, then waits until the process is gone.
@@ -88,13 +122,22 @@ kill_now() {
 }
 
 cleanup() {
-  local pids=("${worker_pids[@]}" "$coordinator_pid" "$submit_pid")
+  local pid
+  # Thawed first: a process left stopped would stay stopped if anything below failed.
+  for pid in "${stopped_pids[@]}"; do
+    kill -CONT "$pid" 2>/dev/null || true
+  done
+  local pids=("${worker_pids[@]}" "$coordinator_pid" "$submit_pid"
+              "${fleet_coordinators[@]}" "${fleet_submits[@]}")
   for pid in "${pids[@]}"; do
     [ -n "$pid" ] && kill_now "$pid"
   done
   ensure_services
 }
 trap cleanup EXIT
+# A Ctrl-C or a kill of the script runs the trap too.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- The batch's state, by its Idempotency-Key ("" while PostgreSQL or the batch is not there).
 batch_row() { psql_q "SELECT id || ' ' || state FROM batches WHERE idempotency_key = '$key'"; }
@@ -170,10 +213,491 @@ long_outages() {
   wait "$postgres_back" "$rabbitmq_back"
 }
 
+# --- The fleet mode: two coordinators on one database and queue, three workers, the fleet's
+# faults (see the header). Everything here keeps PostgreSQL and RabbitMQ up.
+root=$PWD
+coordinator_lease=${INGEST_COORDINATOR_LEASE_SECONDS:-5}
+worker_lease=${INGEST_LEASE_SECONDS:-10}
+declare -A fleet_ports=([a]=18480 [b]=18481)
+declare -A fleet_keys=([a]="$key-a" [b]="$key-b")
+declare -A fleet_generation=() fleet_folders=() fleet_files=() fleet_submit_of=()
+# Workers SIGSTOPped holding a chunk: since when, and what they hold.
+declare -A frozen_since=() frozen_chunk=()
+fleet_checks=()   # what the freezes showed: "ok ..." or "FAIL ..."
+
+now_ms() { date +%s%3N; }
+is_stopped() {
+  local pid
+  for pid in "${stopped_pids[@]}"; do
+    if [ "$pid" = "$1" ]; then return 0; fi
+  done
+  return 1
+}
+# stop PID: SIGSTOP, noted first so that the trap thaws it whatever happens next.
+stop_process() { stopped_pids+=("$1"); kill -STOP "$1" 2>/dev/null || true; }
+thaw_process() {
+  local pid kept=()
+  kill -CONT "$1" 2>/dev/null || true
+  for pid in "${stopped_pids[@]}"; do
+    if [ "$pid" != "$1" ]; then kept+=("$pid"); fi
+  done
+  stopped_pids=("${kept[@]}")
+}
+
+# start_fleet_coordinator NAME: a new coordinator NAME on its port, in a new working folder
+# (its log beside the folder, so that it outlives it).
+start_fleet_coordinator() {
+  local name=$1
+  local generation=$(( ${fleet_generation[$name]:-0} + 1 ))
+  local folder="$dir/coordinator-$name-$generation"
+  fleet_generation[$name]=$generation
+  fleet_folders[$name]=$folder
+  mkdir -p "$folder"
+  (cd "$folder" && INGEST_LISTEN="127.0.0.1:${fleet_ports[$name]}" \
+    exec "$root/$bin/ingest-coordinator") >>"$dir/coordinator-$name-$generation.log" 2>&1 &
+  fleet_coordinators[$name]=$!
+  disown
+}
+coordinator_ready() { curl -fsS -o /dev/null "http://127.0.0.1:${fleet_ports[$1]}/readyz" 2>/dev/null; }
+# The name (a, b) of the running coordinator with this pid, or nothing.
+coordinator_named() {
+  local name
+  for name in "${!fleet_coordinators[@]}"; do
+    if [ "${fleet_coordinators[$name]}" = "$1" ]; then echo "$name"; fi
+  done
+}
+coordinator_label() { echo "$1-${fleet_generation[$1]} (pid ${fleet_coordinators[$1]})"; }
+
+open_batches() { psql_q "SELECT count(*) FROM batches WHERE state IN ('receiving', 'loading', 'committing')"; }
+any_open() { local n; n=$(open_batches); [ -n "$n" ] && [ "$n" -gt 0 ]; }
+submits_running() {
+  local pid
+  for pid in "${fleet_submits[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then return 0; fi
+  done
+  return 1
+}
+# "a: batch 1 loading, 12/400 chunks loaded; b: batch 2 committing (index), 400/400 chunks loaded"
+fleet_progress() {
+  psql_q "SELECT coalesce(string_agg(line, '; ' ORDER BY line), 'no batch')
+          FROM (SELECT CASE b.idempotency_key WHEN '${fleet_keys[a]}' THEN 'a' ELSE 'b' END
+                       || ': batch ' || b.id || ' ' || b.state
+                       || coalesce(' (' || b.commit_step || ')', '') || ', '
+                       || count(c.seq) FILTER (WHERE c.state = 'loaded') || '/'
+                       || coalesce(b.chunks_total::text, count(c.seq) || '+') || ' chunks loaded' AS line
+                FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id
+                WHERE b.idempotency_key IN ('${fleet_keys[a]}', '${fleet_keys[b]}')
+                GROUP BY b.id) s"
+}
+# The state of the batch that holds half NAME's key ("" while none does).
+half_state() { psql_q "SELECT state FROM batches WHERE idempotency_key = '${fleet_keys[$1]}'"; }
+# The half (a, b) whose batch BATCH_ID is, or nothing (its key released).
+half_of_batch() {
+  psql_q "SELECT CASE idempotency_key WHEN '${fleet_keys[a]}' THEN 'a' WHEN '${fleet_keys[b]}' THEN 'b' END
+          FROM batches WHERE id = $1"
+}
+
+# fleet_fault NAME COMMAND...: applies a fault; it landed if a batch was open just before.
+fleet_fault() {
+  local name=$1; shift
+  local progress open
+  progress=$(fleet_progress)
+  open=$(open_batches)
+  if [ -n "$open" ] && [ "$open" -gt 0 ]; then
+    landed+=("$name ($progress)")
+  else
+    missed+=("$name (${progress:-?})")
+  fi
+  log "fault: $name (${progress:-?})"
+  "$@"
+}
+
+# Kills the oldest worker not SIGSTOPped; a replacement starts.
+fleet_kill_worker() {
+  local i pid
+  for i in "${!worker_pids[@]}"; do
+    pid=${worker_pids[$i]}
+    if ! is_stopped "$pid"; then
+      kill_now "$pid"
+      unset 'worker_pids[i]'
+      worker_pids=("${worker_pids[@]}")
+      start_worker
+      return 0
+    fi
+  done
+}
+
+# The chunk (as "BATCH SEQ") the worker named $1 holds in a batch still taking chunks, if any.
+chunk_held_by() {
+  psql_q "SELECT c.batch_id || ' ' || c.seq FROM chunks c JOIN batches b ON b.id = c.batch_id
+          WHERE c.state = 'loading' AND c.worker = '$1' AND b.state IN ('receiving', 'loading')
+          ORDER BY c.batch_id, c.seq LIMIT 1"
+}
+# Freezes a worker that holds a chunk: every running worker is stopped at once (loads are
+# quicker than a look at the ledger), and, once anything they sent has landed, the first the
+# ledger shows holding a chunk stays stopped; the others are thawed. Tried again until one is
+# caught. Sets frozen_worker. False when none was caught (within 120 s, or before the batches
+# ended).
+freeze_worker_holding_a_chunk() {
+  local deadline=$((SECONDS + 120)) pid held caught running
+  while ((SECONDS < deadline)) && any_open; do
+    running=()
+    for pid in "${worker_pids[@]}"; do
+      if ! is_stopped "$pid"; then running+=("$pid"); stop_process "$pid"; fi
+    done
+    sleep 0.2
+    caught=""
+    for pid in "${running[@]}"; do
+      if [ -z "$caught" ]; then
+        held=$(chunk_held_by "${worker_names[$pid]}")
+        if [ -n "$held" ]; then
+          caught=$pid
+          frozen_since[$pid]=$SECONDS
+          frozen_chunk[$pid]=$held
+          frozen_worker=$pid
+          continue
+        fi
+      fi
+      thaw_process "$pid"
+    done
+    [ -n "$caught" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+# Thaws every frozen worker that has been stopped for at least its lease + 5 s once its chunk
+# was handed out again (queued again, or claimed or loaded by another worker); or, after 120 s,
+# whatever happened (noted as a failure), or at once if its batch ended (not shown: a failure).
+thaw_due() {
+  local pid held chunk state holder verdict me batch seq
+  for pid in "${!frozen_since[@]}"; do
+    held=$((SECONDS - frozen_since[$pid]))
+    ((held >= worker_lease + 5)) || continue
+    me=${worker_names[$pid]}
+    read -r batch seq <<<"${frozen_chunk[$pid]}"
+    read -r state chunk holder <<<"$(psql_q "SELECT b.state || ' ' || c.state || ' ' || coalesce(c.worker, '-')
+                                     FROM chunks c JOIN batches b ON b.id = c.batch_id
+                                     WHERE c.batch_id = $batch AND c.seq = $seq")"
+    if ((held < 120)); then
+      [ -n "$state" ] || continue
+      case "$state/$chunk/$holder" in receiving/loading/"$me"|loading/loading/"$me") continue ;; esac
+    fi
+    case "$state/$chunk/$holder" in
+      failed/*|cancelled/*|/*) verdict="FAIL" ;;
+      */loading/"$me"|*/loaded/"$me") verdict="FAIL" ;;
+      *) verdict="ok" ;;
+    esac
+    thaw_process "$pid"
+    unset 'frozen_since[$pid]'
+    fleet_checks+=("$verdict: $me, SIGSTOPped holding batch $batch chunk $seq, thawed after $held s (worker lease $worker_lease s); the chunk was then ${chunk:-?} (worker ${holder:-?}), its batch ${state:-?}")
+    log "thawed $me (pid $pid) after $held s: batch $batch chunk $seq is ${chunk:-?} (worker ${holder:-?}), the batch ${state:-?}"
+  done
+}
+# pause_for SECONDS, thawing what is due meanwhile.
+pause_for() {
+  local until=$(( $(now_ms) + $1 * 1000 ))
+  thaw_due
+  while (( $(now_ms) < until )); do
+    sleep 0.2
+    thaw_due
+  done
+}
+
+# The coordinator to kill: one holding a commit lease; else one whose batch is loading (its
+# upload in, chunks left); else one whose upload is still coming in, not the batch of a frozen
+# worker's chunk (the upload fails, and is sent again by its CLI); else a. Sets kill_name, kill_why.
+pick_coordinator_to_kill() {
+  local pid name half frozen_halves=""
+  kill_name="" kill_why=""
+  for pid in $(psql_q "SELECT c.pid FROM batches b JOIN coordinators c ON c.id = b.commit_holder
+                       WHERE b.state = 'committing' AND b.commit_lease_until > now()"); do
+    name=$(coordinator_named "$pid")
+    if [ -n "$name" ] && ! is_stopped "$pid"; then kill_name=$name; kill_why="picked as it held a commit lease"; return; fi
+  done
+  for name in a b; do
+    if [ "$(half_state "$name")" = loading ]; then kill_name=$name; kill_why="picked as its batch was loading"; return; fi
+  done
+  for pid in "${!frozen_chunk[@]}"; do
+    frozen_halves+=" $(half_of_batch "${frozen_chunk[$pid]%% *}")"
+  done
+  for name in a b; do
+    if [ "$(half_state "$name")" = receiving ] && [[ "$frozen_halves" != *"$name"* ]]; then
+      kill_name=$name; kill_why="picked as its upload was still coming in"; return
+    fi
+  done
+  kill_name=a
+  kill_why="picked by default (no commit, load or upload to pick by)"
+}
+# Kills coordinator NAME, deletes its working folder, starts a new one on its port in a new
+# folder and waits (60 s at most) for it to be ready.
+kill_fleet_coordinator() {
+  local name=$1 old old_folder
+  old=$(coordinator_label "$name")
+  old_folder=${fleet_folders[$name]}
+  kill_now "${fleet_coordinators[$name]}"
+  rm -rf "$old_folder"
+  start_fleet_coordinator "$name"
+  local deadline=$((SECONDS + 60))
+  until coordinator_ready "$name"; do
+    if ((SECONDS >= deadline)); then
+      fleet_checks+=("FAIL: the coordinator started on port ${fleet_ports[$name]} after $old was killed was not ready within 60 s")
+      return 0
+    fi
+    thaw_due
+    sleep 0.2
+  done
+  log "$old killed, $old_folder deleted; $(coordinator_label "$name") ready on port ${fleet_ports[$name]} in ${fleet_folders[$name]}"
+}
+
+# Waits for a commit under way and freezes its coordinator (a worker SIGKILL every 2 s
+# meanwhile). The freeze stands once, stopped, the ledger still shows that coordinator holding
+# the commit lease. Sets freeze_name, freeze_pid, freeze_batch, freeze_holder, freeze_step.
+# False when no commit was caught before the batches ended.
+freeze_committing_coordinator() {
+  local last_kill=$SECONDS batch holder pid name step fence
+  while any_open || submits_running; do
+    read -r batch holder pid <<<"$(psql_q "SELECT b.id || ' ' || c.id || ' ' || c.pid
+                                 FROM batches b JOIN coordinators c ON c.id = b.commit_holder
+                                 WHERE b.state = 'committing' AND b.commit_lease_until > now()
+                                 ORDER BY b.id LIMIT 1")"
+    name=""
+    [ -n "$pid" ] && name=$(coordinator_named "$pid")
+    if [ -n "$name" ] && ! is_stopped "$pid"; then
+      stop_process "$pid"
+      sleep 0.3
+      read -r fence step <<<"$(psql_q "SELECT commit_fence || ' ' || coalesce(commit_step, 'taking the lease')
+                                   FROM batches WHERE id = $batch AND state = 'committing'
+                                   AND commit_holder = '$holder'")"
+      if [ -n "$step" ]; then
+        freeze_name=$name freeze_pid=$pid freeze_batch=$batch freeze_holder=$holder
+        freeze_step=$step freeze_fence=$fence
+        return 0
+      fi
+      thaw_process "$pid"
+    fi
+    if ((SECONDS - last_kill >= 2)) && any_open; then
+      fleet_fault "worker SIGKILL" fleet_kill_worker
+      last_kill=$SECONDS
+    fi
+    thaw_due
+    sleep 0.05
+  done
+  return 1
+}
+# Holds the frozen coordinator until a peer took its commit over (the commit lease taken again,
+# by another coordinator) and at least its lease + 5 s passed (120 s at most), then thaws it.
+# A worker SIGKILL every 2 s meanwhile.
+hold_frozen_coordinator() {
+  local since=$SECONDS held=0 state="" holder="" fence="" label last_kill=$SECONDS
+  label=$(coordinator_label "$freeze_name")
+  while :; do
+    pause_for 1
+    if ((SECONDS - last_kill >= 2)) && any_open; then
+      fleet_fault "worker SIGKILL" fleet_kill_worker
+      last_kill=$SECONDS
+    fi
+    held=$((SECONDS - since))
+    read -r state holder fence <<<"$(psql_q "SELECT state || ' ' || coalesce(commit_holder, '-') || ' ' || commit_fence
+                                      FROM batches WHERE id = $freeze_batch")"
+    if ((held >= coordinator_lease + 5)) && [ -n "$fence" ] && [ "$fence" -gt "$freeze_fence" ]; then
+      break
+    fi
+    case "$state" in failed|cancelled) break ;; esac
+    ((held < 120)) || break
+  done
+  thaw_process "$freeze_pid"
+  local verdict=FAIL
+  if [ -n "$fence" ] && [ "$fence" -gt "$freeze_fence" ] && [ "$holder" != "$freeze_holder" ]; then
+    verdict=ok
+  fi
+  fleet_checks+=("$verdict: $label, SIGSTOPped holding the commit lease of batch $freeze_batch (at: $freeze_step, lease taken $freeze_fence times), thawed after $held s (coordinator lease $coordinator_lease s); the batch was then ${state:-?}, its lease taken ${fence:-?} times, held by ${holder:-?}")
+  log "thawed $label after $held s: batch $freeze_batch ${state:-?}, its commit lease taken ${fence:-?} times, held by ${holder:-?}"
+}
+
+run_fleet() {
+  export INGEST_COORDINATOR_LEASE_SECONDS=$coordinator_lease
+  export INGEST_LEASE_SECONDS=$worker_lease
+  unset INGEST_URL INGEST_LISTEN
+  rm -rf "$dir"/coordinator-*/
+  # The two halves, each with the header line.
+  local half=$(( (rows + 1) / 2 ))
+  fleet_files[a]="$dir/rates-$rows-a.csv"
+  fleet_files[b]="$dir/rates-$rows-b.csv"
+  if [ ! -s "${fleet_files[a]}" ] || [ ! -s "${fleet_files[b]}" ]; then
+    log "splitting the file in two: $half and $((rows - half)) rows"
+    head -n $((half + 1)) "$file" >"${fleet_files[a]}.tmp"
+    { head -n 1 "$file"; tail -n +$((half + 2)) "$file"; } >"${fleet_files[b]}.tmp"
+    mv "${fleet_files[a]}.tmp" "${fleet_files[a]}"
+    mv "${fleet_files[b]}.tmp" "${fleet_files[b]}"
+  fi
+  local name
+  for name in a b; do start_fleet_coordinator "$name"; done
+  for name in a b; do
+    wait_for 120 coordinator_ready "$name" || { log "coordinator $name did not start"; exit 1; }
+  done
+  log "coordinators $(coordinator_label a) on ${fleet_ports[a]} and $(coordinator_label b) on ${fleet_ports[b]}; leases: coordinator $coordinator_lease s, worker $worker_lease s"
+  for _ in 1 2 3; do start_worker; done
+
+  started=$SECONDS
+  for name in a b; do
+    log "submitting half $name ($(du -h "${fleet_files[$name]}" | cut -f1)) to coordinator $name, Idempotency-Key ${fleet_keys[$name]}"
+    INGEST_URL="http://127.0.0.1:${fleet_ports[$name]}" \
+      "$bin/ingest" submit "${fleet_files[$name]}" --idempotency-key "${fleet_keys[$name]}" \
+      --no-wait --retry-for 1800 >"$dir/submit-$name.log" 2>&1 &
+    fleet_submit_of[$name]=$!
+    fleet_submits+=("$!")
+  done
+  wait_for 300 sh -c "[ \"\$(psql -h 127.0.0.1 -U postgres -d $db -Atqc \
+    \"SELECT count(DISTINCT b.id) FROM batches b JOIN chunks c ON c.batch_id = b.id
+      WHERE b.idempotency_key IN ('${fleet_keys[a]}', '${fleet_keys[b]}')\" 2>/dev/null || echo 0)\" -ge 2 ]" \
+    || { log "the uploads did not start"; exit 1; }
+  log "both uploads under way: $(fleet_progress)"
+
+  # The freeze comes first: at 1M rows the batches are in, loaded and committed within about
+  # 2 s of the first chunk, and the frozen worker's chunk keeps its batch open for a lease.
+  if freeze_worker_holding_a_chunk; then
+    read -r chunk_batch chunk_seq <<<"${frozen_chunk[$frozen_worker]}"
+    fleet_fault "worker SIGSTOP past its lease: ${worker_names[$frozen_worker]} (pid $frozen_worker) holding batch $chunk_batch chunk $chunk_seq" true
+  else
+    missed+=("worker SIGSTOP past its lease (no worker was seen holding a chunk)")
+    log "no worker was seen holding a chunk: no worker SIGSTOP"
+  fi
+  pause_for 1
+  fleet_fault "worker SIGKILL" fleet_kill_worker
+  pause_for 1
+  pick_coordinator_to_kill
+  fleet_fault "coordinator SIGKILL, its folder deleted, a new one on its port: $(coordinator_label "$kill_name"), $kill_why" \
+    kill_fleet_coordinator "$kill_name"
+  pause_for 1
+  if freeze_committing_coordinator; then
+    fleet_fault "coordinator SIGSTOP past its lease: $(coordinator_label "$freeze_name") holding the commit lease of batch $freeze_batch (at: $freeze_step)" \
+      hold_frozen_coordinator
+  else
+    missed+=("coordinator SIGSTOP past its lease (no commit was caught under way)")
+    log "no commit was caught under way: no coordinator SIGSTOP"
+  fi
+  local deadline=$((SECONDS + 1800))
+  while { any_open || submits_running || [ ${#frozen_since[@]} -gt 0 ]; } && ((SECONDS < deadline)); do
+    pause_for 2
+    if any_open; then fleet_fault "worker SIGKILL" fleet_kill_worker; fi
+  done
+  # Whatever is still stopped (a deadline passed) is thawed now.
+  local pid
+  for pid in "${!frozen_since[@]}"; do
+    fleet_checks+=("FAIL: ${worker_names[$pid]} was still frozen at the end")
+    thaw_process "$pid"
+  done
+
+  # --- Verdict.
+  local elapsed=$((SECONDS - started)) ok=1 rc
+  declare -A submit_rc=()
+  for name in a b; do
+    rc=0
+    if kill -0 "${fleet_submit_of[$name]}" 2>/dev/null; then
+      kill_now "${fleet_submit_of[$name]}"
+    fi
+    wait "${fleet_submit_of[$name]}" 2>/dev/null || rc=$?
+    submit_rc[$name]=$rc
+  done
+  fleet_submits=()
+  psql_q "SELECT day, count(*), sum(price) FROM prices GROUP BY day ORDER BY day" | tr '|' ',' >"$dir/prices.sum"
+  verdict=$(python3 scripts/rates.py judge "$file.sum" "$dir/prices.sum" || true)
+  echo
+  echo "== chaos run (fleet mode, $rows rows in two halves, 2 coordinators, 3 workers): $(fleet_progress) after ${elapsed} s"
+  echo "faults that landed:"
+  printf '  %s\n' "${landed[@]}"
+  if [ ${#missed[@]} -gt 0 ]; then
+    echo "faults that did not land (no batch was open):"
+    printf '  %s\n' "${missed[@]}"
+  fi
+  if [ ${#fleet_checks[@]} -gt 0 ]; then
+    echo "what the freezes showed:"
+    printf '  %s\n' "${fleet_checks[@]}"
+  fi
+  # Which half each batch was: the coordinators on half a's port received only half a.
+  declare -A received_by=()
+  local id
+  for name in a b; do
+    for id in $( (cat "$dir"/coordinator-"$name"-*.log | grep "receiving a batch" | grep -o 'batch_id=[0-9]*' | cut -d= -f2 | sort -un) 2>/dev/null || true); do
+      received_by[$id]=$name
+    done
+  done
+  echo "batches:"
+  local line
+  while IFS='|' read -r id line; do
+    [ -n "$id" ] && echo "  batch $id (half ${received_by[$id]:-?}): $line"
+  done < <(psql_q "SELECT b.id, b.state || coalesce(', ' || b.rows_total || ' rows', '') || ', '
+                          || count(c.seq) || ' chunks, deliveries beyond the first: '
+                          || coalesce(sum(greatest(c.attempts - 1, 0)), 0)
+                          || ', commit: ' || coalesce(round(b.commit_seconds::numeric, 1) || ' s', '-')
+                          || ', commit leases taken: ' || b.commit_fence
+                          || coalesce(', error: ' || b.error, '')
+                   FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id GROUP BY b.id ORDER BY b.id")
+  local stopped_uploads others
+  stopped_uploads=$(psql_q "SELECT count(*) FROM batches WHERE state = 'failed'
+                              AND (error LIKE 'the upload stopped before the whole file was in%'
+                                   OR error LIKE '%the upload broke off%')")
+  others=$(psql_q "SELECT count(*) FROM batches WHERE state <> 'committed'
+                     AND NOT (state = 'failed' AND (error LIKE 'the upload stopped before the whole file was in%'
+                                                    OR error LIKE '%the upload broke off%'))")
+  echo "uploads that stopped (their batch failed, the file sent again): ${stopped_uploads:-?};" \
+       "sent again by the CLI: a $(grep -c 'sending the file again' "$dir/submit-a.log" || true)," \
+       "b $(grep -c 'sending the file again' "$dir/submit-b.log" || true)"
+  echo "submits: a exit ${submit_rc[a]} ($(tail -n 1 "$dir/submit-a.log")); b exit ${submit_rc[b]} ($(tail -n 1 "$dir/submit-b.log"))"
+  local logs=("$dir"/coordinator-*.log)
+  echo "take-overs in the coordinators' logs:" \
+       "worker backends ended at their lease $(cat "${logs[@]}" | grep -c 'ended the backend of a worker whose lease expired' || true)," \
+       "commit sessions ended at a lease $(cat "${logs[@]}" | grep -c 'ended a session of a commit whose lease expired' || true)," \
+       "commits stopped on a lost lease $(cat "${logs[@]}" | grep -c 'lost the commit lease\|the commit lease was taken over' || true)," \
+       "uploads ended: of a gone coordinator $(cat "${logs[@]}" | grep -c 'ended a batch whose coordinator is gone' || true)," \
+       "at the key's return $(cat "${logs[@]}" | grep -c 'ended a broken-off upload whose key came back' || true)"
+  psql_q "SELECT 'prices: ' || count(*) || ' rows, sum ' || sum(price) FROM prices"
+  echo "$verdict"
+
+  local kind
+  for kind in "worker SIGKILL" "worker SIGSTOP" "coordinator SIGKILL" "coordinator SIGSTOP"; do
+    if ! printf '%s\n' "${landed[@]}" | grep -q "^$kind"; then
+      echo "FAIL: the fault \"$kind\" did not land"
+      ok=0
+    fi
+  done
+  for line in "${fleet_checks[@]}"; do
+    case "$line" in FAIL*) echo "$line"; ok=0 ;; esac
+  done
+  for name in a b; do
+    local state
+    state=$(half_state "$name")
+    if [ "$state" != committed ]; then
+      echo "FAIL: half $name (key ${fleet_keys[$name]}) is ${state:-without a batch}, not committed"
+      ok=0
+    fi
+    if [ "${submit_rc[$name]}" != 0 ]; then
+      echo "FAIL: the submit of half $name exited ${submit_rc[$name]}"
+      ok=0
+    fi
+  done
+  if [ "${others:-1}" != 0 ]; then
+    echo "FAIL: ${others:-?} batch(es) neither committed nor failed by an upload that stopped"
+    ok=0
+  fi
+  case "$verdict" in "lost=0 duplicated=0 differing_days=0") ;; *) echo "FAIL: prices differ from the file"; ok=0 ;; esac
+  if [ $ok = 1 ]; then
+    echo "PASS: both halves committed, lost=0 duplicated=0, every kind of fault landed"
+    exit 0
+  fi
+  echo "logs: $dir"
+  exit 1
+}
+
 # --- Set up.
 ensure_services
-log "building release binaries"
-cargo build --release --locked --bins -q
+if [ $build = 1 ]; then
+  log "building release binaries"
+  cargo build --release --locked --bins -q
+fi
+for binary in ingest-coordinator ingest-worker ingest; do
+  [ -x "$bin/$binary" ] || { log "$bin/$binary is missing (build it, or run without --no-build)"; exit 1; }
+done
 file="$dir/rates-$rows.csv"
 if [ ! -s "$file" ]; then
   log "generating $rows rows"
@@ -187,6 +711,7 @@ rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
 rabbitmqctl -q delete_queue "$queue.dead" >/dev/null 2>&1 || true
 rm -rf "$dir"/*.log
 "$bin/ingest-coordinator" seed --data-dir data/ratestask >/dev/null
+if [ "$mode" = fleet ]; then run_fleet; fi
 start_coordinator
 wait_for 120 curl -fsS -o /dev/null "$INGEST_URL/readyz" 2>/dev/null || { log "the coordinator did not start"; exit 1; }
 start_workers() { for _ in 1 2 3; do start_worker; done; }

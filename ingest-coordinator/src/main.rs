@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use ingest_coordinator::config::Config;
+use ingest_coordinator::pipeline::merge::Pass;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -81,11 +82,18 @@ async fn merge(config: Config) -> anyhow::Result<()> {
         )
         .await?;
         match merged {
-            Some(merged) => println!(
+            Pass::Merged(merged) => println!(
                 "merged {} partitions ({} batches, {} rows) into {}",
                 merged.partitions, merged.batches, merged.rows, merged.table
             ),
-            None => {
+            Pass::Busy => {
+                println!(
+                    "{count} partitions (at most {}): another coordinator is merging them now",
+                    config.partitions_max
+                );
+                return Ok(());
+            }
+            Pass::Nothing => {
                 println!("{count} partitions (at most {})", config.partitions_max);
                 return Ok(());
             }

@@ -2,10 +2,11 @@
 //! its peers give it (`INGEST_COORDINATOR_LEASE_SECONDS`), and whether its own heartbeat has
 //! been getting through for a whole lease (steady).
 //!
-//! The heartbeat itself is `loops::presence`. Steadiness guards every take-over: after an outage
-//! of PostgreSQL every coordinator's last beat is old, its peers' included, so a coordinator takes
-//! over a peer's upload or commit only once it has itself been beating for a whole lease — long
-//! enough for a live peer to have beaten again.
+//! The heartbeat itself is `loops::presence`. Steadiness guards ending a peer's upload: after an
+//! outage of PostgreSQL every coordinator's last beat is old, its peers' included, so a
+//! coordinator ends a peer's upload only once it has itself been beating for a whole lease — long
+//! enough for a live peer to have beaten again. (A commit lease needs no such guard: a holder
+//! that lost its lease to an outage stops, and its commit is finished by whoever took it over.)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

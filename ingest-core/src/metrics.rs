@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 
 /// Batches by `state` (gauge, read from the ledger at each scrape).
 pub const BATCHES: &str = "ingest_batches";
+/// Coordinators alive (seen within their lease), from the ledger (gauge).
+pub const COORDINATORS: &str = "ingest_coordinators";
 /// Uploads being read now (gauge).
 pub const UPLOADS_IN_FLIGHT: &str = "ingest_uploads_in_flight";
 /// Bytes of upload bodies received (counter).
@@ -82,6 +84,10 @@ pub fn render() -> String {
 
 fn describe() {
     describe_gauge!(BATCHES, "Batches by state, from the ledger.");
+    describe_gauge!(
+        COORDINATORS,
+        "Coordinators seen within their lease, from the ledger."
+    );
     describe_gauge!(UPLOADS_IN_FLIGHT, "Uploads being read by this coordinator.");
     describe_counter!(
         BYTES_RECEIVED,

@@ -252,11 +252,18 @@ impl TestEnv {
     /// Starts `n` more in-process workers on this environment's queue.
     pub fn start_workers(&mut self, n: usize) {
         for _ in 0..n {
+            self.start_worker_loading(2);
+        }
+    }
+
+    /// Starts one more in-process worker that loads `concurrency` chunks at once.
+    pub fn start_worker_loading(&mut self, concurrency: usize) {
+        {
             let mut config = ingest_worker::Config::defaults();
             config.database_url = self.database_url.clone();
             config.amqp_url = amqp_url();
             config.queue = self.queue.clone();
-            config.concurrency = 2;
+            config.concurrency = concurrency;
             config.backoff_max_ms = 200;
             config.listen = "127.0.0.1:0".parse().unwrap();
             config.name = Some(format!("test-worker-{}", self.workers.len()));
@@ -574,6 +581,36 @@ impl TestEnv {
             self.copies_tables().await == 0
         })
         .await;
+    }
+
+    /// Empties the chunk queue, as an operator's purge or a lost broker would: the chunks stay
+    /// `queued` in the ledger with no message on its way.
+    pub async fn purge_queue(&self) {
+        let connection = amqp_connection("purger").await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_purge(
+                self.queue.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            )
+            .await
+            .expect("purge the chunk queue");
+        let _ = connection.close(200, "purged".into()).await;
+    }
+
+    /// Starts `POST /batches` on the coordinator at `base` with `body` (a slow body, say) and
+    /// returns at once: the task yields the response once the upload is answered.
+    pub fn submit_in_background(
+        &self,
+        base: &str,
+        body: reqwest::Body,
+    ) -> JoinHandle<reqwest::Result<reqwest::Response>> {
+        let request = self
+            .http
+            .post(format!("{base}/batches"))
+            .header("content-type", "text/csv")
+            .body(body);
+        tokio::spawn(async move { request.send().await })
     }
 
     /// Messages waiting in the chunk queue.

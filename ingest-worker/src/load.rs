@@ -62,7 +62,15 @@ pub async fn load(
         let opened = match ledger::read_copy(&client, batch_id, seq).await {
             Ok(Some(copy)) => copy.open().map_err(|damaged| damaged.to_string()),
             Ok(None) => Err("it has no stored copy".to_string()),
-            Err(error) if is_missing_table(&error) => return Ok(Outcome::Closed),
+            // No table of copies: the batch ended meanwhile (its copies dropped) — or it was
+            // staged before copies lived in PostgreSQL, and this message carries no stream.
+            Err(error) if is_missing_table(&error) => {
+                let state = ledger::batch_state(&client, batch_id).await?;
+                if !state.is_some_and(|state| state.accepts_chunks()) {
+                    return Ok(Outcome::Closed);
+                }
+                Err("it has no stored copy (its batch was staged before copies were kept)".into())
+            }
             Err(error) => return Err(error.into()),
         };
         match opened {

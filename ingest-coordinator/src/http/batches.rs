@@ -45,7 +45,7 @@ use utoipa::{IntoParams, ToSchema};
         (status = 413, description = "Larger than the body limit (the batch failed)", body = BatchStatus),
         (status = 415, description = "Not text/csv, or an encoding other than gzip", body = ErrorBody),
         (status = 422, description = "Lines that are not valid prices (the batch failed)", body = BatchStatus),
-        (status = 503, description = "PostgreSQL or RabbitMQ stayed away, or the upload was ended while it came in (its key released: send it again)", body = ErrorBody),
+        (status = 503, description = "PostgreSQL or RabbitMQ stayed away, or the batch ended while its upload came in: ask for the batch by its Idempotency-Key before sending the file again", body = ErrorBody),
     ),
     security(("bearer" = [])),
 )]

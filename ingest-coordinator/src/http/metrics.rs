@@ -25,11 +25,15 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, TEXT_FORMAT)], m::render())
 }
 
-/// Batches by state, from the ledger (left as they were when PostgreSQL does not answer).
+/// Batches by state and the coordinators alive, from the ledger (left as they were when
+/// PostgreSQL does not answer).
 async fn read_batches(app: &AppState) {
     let Ok(client) = app.pool.get().await else {
         return;
     };
+    if let Ok(alive) = ledger::live_coordinators(&client).await {
+        metrics::gauge!(m::COORDINATORS).set(alive as f64);
+    }
     let Ok(counts) = ledger::batches_by_state(&client).await else {
         return;
     };

@@ -1,37 +1,59 @@
 //! The commit loop: commits every batch whose chunks are all loaded (or whose commit was
-//! interrupted), every `commit_poll` or when an upload completes. A commit that meets an outage is
-//! tried again with growing pauses (per batch), and the outage goes into the batch's status —
-//! once PostgreSQL takes it, if PostgreSQL was the outage. It also builds the read index of
-//! visible batches whose index build was cut off (`INGEST_VISIBLE_BEFORE_INDEX`).
+//! interrupted, or whose commit lease a stalled peer let run out), every `commit_poll` or when an
+//! upload completes. Up to [`COMMITS_AT_ONCE`] commits run at the same time, each in a task of its
+//! own, so that a long commit (an index build of minutes) keeps no other batch waiting — least of
+//! all one whose coordinator froze while committing it, which this coordinator takes over once
+//! the lease is out. A commit that meets an outage is tried again with growing pauses (per
+//! batch), and the outage goes into the batch's status — once PostgreSQL takes it, if PostgreSQL
+//! was the outage. It also builds the read index of visible batches whose index build was cut off
+//! (`INGEST_VISIBLE_BEFORE_INDEX`), one pass at a time beside the commits.
 
-use crate::pipeline::commit::{commit_batch, index_missing};
+use crate::pipeline::commit::{commit_batch, index_missing, Committed};
 use crate::state::AppState;
 use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
 use ingest_core::outage::Retries;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-/// Commits ready batches until `shutdown`, every `commit_poll` or when woken.
+/// Commits one coordinator runs at once. Each holds a session of its own and one per part of its
+/// batch (`INGEST_BATCH_PARTS`, 2), well within the pool (`INGEST_DB_POOL`, 16).
+pub const COMMITS_AT_ONCE: usize = 3;
+
+/// What one commit task gives back.
+type Done = (BatchId, Result<Committed, Fault>);
+
+/// Commits ready batches until `shutdown`, every `commit_poll` or when woken; on shutdown, waits
+/// for the commits under way.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.commit_poll());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retries = Retries::new(app.config.max_pause());
     // Outages not yet in their batch's status (PostgreSQL was the outage): noted once it is back.
     let mut unnoted: HashMap<BatchId, (u32, Fault)> = HashMap::new();
+    let mut commits: JoinSet<Done> = JoinSet::new();
+    let mut running: HashSet<BatchId> = HashSet::new();
+    let mut rebuild: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = app.commit_wakeup.notified() => {}
-        }
-        match index_missing(&app).await {
-            Ok(0) => {}
-            Ok(built) => tracing::info!(built, "built the missing indexes of visible batches"),
-            Err(fault) => {
-                tracing::warn!(%fault, "cannot look for visible batches without an index")
+            Some(done) = commits.join_next(), if !commits.is_empty() => {
+                if let Ok(done) = done {
+                    settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+                }
             }
+        }
+        while let Some(done) = commits.try_join_next() {
+            if let Ok(done) = done {
+                settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+            }
+        }
+        if rebuild.as_ref().is_none_or(JoinHandle::is_finished) {
+            rebuild = Some(tokio::spawn(rebuild_indexes(app.clone())));
         }
         let ready = match ready_batches(&app).await {
             Ok(ready) => ready,
@@ -40,13 +62,13 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
                 continue;
             }
         };
-        retries.retain(|batch_id| ready.contains(&batch_id));
-        unnoted.retain(|batch_id, _| ready.contains(batch_id));
+        retries.retain(|batch_id| ready.contains(&batch_id) || running.contains(&batch_id));
+        unnoted.retain(|batch_id, _| ready.contains(batch_id) || running.contains(batch_id));
         for batch_id in ready {
-            if shutdown.is_cancelled() {
-                return;
+            if shutdown.is_cancelled() || commits.len() >= COMMITS_AT_ONCE {
+                break;
             }
-            if !retries.is_due(batch_id) {
+            if running.contains(&batch_id) || !retries.is_due(batch_id) {
                 continue;
             }
             if let Some((attempt, fault)) = unnoted.remove(&batch_id) {
@@ -54,17 +76,49 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
                     unnoted.insert(batch_id, (attempt, fault));
                 }
             }
-            match commit_batch(&app, batch_id).await {
-                Ok(_) => retries.forget(batch_id),
-                Err(fault) => {
-                    let attempt = retries.failed(batch_id);
-                    tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
-                    if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
-                        unnoted.insert(batch_id, (attempt, fault));
-                    }
-                }
+            running.insert(batch_id);
+            let app = app.clone();
+            commits.spawn(async move { (batch_id, commit_batch(&app, batch_id).await) });
+        }
+    }
+    while let Some(done) = commits.join_next().await {
+        if let Ok(done) = done {
+            settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+        }
+    }
+    if let Some(rebuild) = rebuild {
+        let _ = rebuild.await;
+    }
+}
+
+/// Takes the outcome of one commit: a success forgets its retries, an outage schedules the next
+/// try and goes into the batch's status.
+async fn settle(
+    app: &AppState,
+    (batch_id, outcome): Done,
+    running: &mut HashSet<BatchId>,
+    retries: &mut Retries<BatchId>,
+    unnoted: &mut HashMap<BatchId, (u32, Fault)>,
+) {
+    running.remove(&batch_id);
+    match outcome {
+        Ok(_) => retries.forget(batch_id),
+        Err(fault) => {
+            let attempt = retries.failed(batch_id);
+            tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
+            if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
+                unnoted.insert(batch_id, (attempt, fault));
             }
         }
+    }
+}
+
+/// One pass of [`index_missing`], logged.
+async fn rebuild_indexes(app: AppState) {
+    match index_missing(&app).await {
+        Ok(0) => {}
+        Ok(built) => tracing::info!(built, "built the missing indexes of visible batches"),
+        Err(fault) => tracing::warn!(%fault, "cannot look for visible batches without an index"),
     }
 }
 

@@ -45,7 +45,7 @@ async fn pass(app: &AppState) -> Result<bool, Fault> {
     )
     .await?;
     metrics::gauge!(m::PARTITIONS).set(count as f64);
-    if let Some(merged) = merged {
+    if let merge::Pass::Merged(merged) = merged {
         metrics::counter!(m::MERGES, "outcome" => "merged").increment(1);
         metrics::gauge!(m::PARTITIONS).set((count + 1 - merged.partitions) as f64);
         tracing::info!(

@@ -140,6 +140,17 @@ pub fn to_merge(all: Vec<Partition>, max: usize, max_bytes: i64) -> Vec<Partitio
 /// holds the migration lock too, at another key).
 const MERGE_LOCK: i64 = 7_461_900_002;
 
+/// What one merge pass did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pass {
+    /// Nothing to merge: within the bound, or only partitions too big to merge.
+    Nothing,
+    /// Merged these.
+    Merged(Merged),
+    /// Another coordinator is merging now.
+    Busy,
+}
+
 /// One merge, if the partitions are over the bound `max` and no other coordinator is merging:
 /// the smallest (under `max_bytes`) merged into one. Also returns how many partitions there were
 /// before.
@@ -148,14 +159,20 @@ pub async fn pass(
     max: usize,
     max_bytes: i64,
     lock_timeout: Duration,
-) -> Result<(usize, Option<Merged>), Fault> {
+) -> Result<(usize, Pass), Fault> {
     let all = partitions(&*client).await?;
     let count = all.len();
     let parts = to_merge(all, max, max_bytes);
     if parts.is_empty() {
-        return Ok((count, None));
+        return Ok((count, Pass::Nothing));
     }
-    Ok((count, merge(client, &parts, lock_timeout).await?))
+    Ok((
+        count,
+        match merge(client, &parts, lock_timeout).await? {
+            Some(merged) => Pass::Merged(merged),
+            None => Pass::Busy,
+        },
+    ))
 }
 
 /// Merges `parts` into one new partition in one transaction (see the module's doc for its locks);

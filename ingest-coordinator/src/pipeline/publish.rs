@@ -23,6 +23,7 @@ use lapin::{Confirmation, PublisherConfirm};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
+use tokio_postgres::error::SqlState;
 
 /// Chunks published and not yet confirmed, at most.
 const IN_FLIGHT: usize = 16;
@@ -116,13 +117,15 @@ pub async fn confirmed(confirm: PublisherConfirm) -> Result<(), Fault> {
     }
 }
 
-/// Publishes every chunk `split` sends, until it hangs up. Returns how many were confirmed; an
-/// outage that outlasted the upload's patience ends it (and hangs up on split).
+/// Publishes every chunk `split` sends, until it hangs up. Returns how many were confirmed, or
+/// `None` when the batch ended meanwhile (cancelled, or ended by a peer while this coordinator
+/// stalled): then it stops at once and hangs up on split. An outage that outlasted the upload's
+/// patience ends it as well.
 pub async fn publish_batch(
     app: AppState,
     batch_id: BatchId,
     mut chunks: mpsc::Receiver<Chunk>,
-) -> Result<u32, Fault> {
+) -> Result<Option<u32>, Fault> {
     let patience = app.config.upload_patience();
     // The batch's staging table was made with this many parts (`submit::open_batch`).
     let parts = app.config.batch_parts;
@@ -141,11 +144,21 @@ pub async fn publish_batch(
             part: Some(Part::of(chunk.seq, parts)),
         };
         let (record, copy) = (&record, &chunk.copy);
-        ride_through(patience, "recording a chunk", move || async move {
+        let recorded = ride_through(patience, "recording a chunk", move || async move {
             let client = app.pool.get().await?;
-            Ok(ledger::record_chunk(&client, record, copy).await?)
+            match ledger::record_chunk(&client, record, copy).await {
+                Ok(()) => Ok(true),
+                // The batch's copies were dropped: it ended meanwhile (a peer took this
+                // coordinator for gone while it stalled, or it was cancelled).
+                Err(error) if error.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(false),
+                Err(error) => Err(error.into()),
+            }
         })
         .await?;
+        if !recorded {
+            tracing::info!(%batch_id, "the batch ended while its upload came in; stopped reading");
+            return Ok(None);
+        }
         let message = record.message();
         let confirm = ride_through(patience, "publishing a chunk", move || async move {
             publisher_ref.send(message).await
@@ -163,7 +176,7 @@ pub async fn publish_batch(
         confirmed_count += 1;
     }
     publisher.close().await;
-    Ok(confirmed_count)
+    Ok(Some(confirmed_count))
 }
 
 /// Waits for one chunk's confirm (publishing it again when the confirm was lost), then marks it

@@ -122,7 +122,8 @@ async fn take_in(
 ) -> Result<Received, Fault> {
     tracing::info!(%batch_id, gzip, "receiving a batch");
     match receive(app, batch_id, gzip, body).await {
-        Ok(report) => conclude(app, batch_id, report).await,
+        Ok(Some(report)) => conclude(app, batch_id, report).await,
+        Ok(None) => ended_meanwhile(app, batch_id).await,
         Err(fault) => {
             // Should PostgreSQL still be away, the sweep ends the batch once it is back.
             tracing::warn!(%batch_id, %fault, "upload given up");
@@ -139,13 +140,14 @@ async fn take_in(
     }
 }
 
-/// Streams the body through split (blocking threads) and publish (async), concurrently.
+/// Streams the body through split (blocking threads) and publish (async), concurrently. `None`
+/// when the batch ended while the body came in (publish found it over).
 async fn receive(
     app: &AppState,
     batch_id: BatchId,
     gzip: bool,
     body: Body,
-) -> Result<SplitReport, Fault> {
+) -> Result<Option<SplitReport>, Fault> {
     let pool = &app.pool;
     let ports = ride_through(
         app.config.upload_patience(),
@@ -200,8 +202,11 @@ async fn receive(
     let published = publish
         .await
         .map_err(|error| Fault::outage(format!("the publisher stopped: {error}")))??;
+    let Some(published) = published else {
+        return Ok(None);
+    };
     debug_assert!(published == report.chunks || report.error_count > 0);
-    Ok(report)
+    Ok(Some(report))
 }
 
 /// The batch's status, riding through an outage (`None` for an unknown batch).
@@ -268,18 +273,11 @@ async fn conclude(
     .await?;
     app.commit_wakeup.notify_one();
     let status = status_of(app, batch_id).await?;
-    match state {
-        Some(BatchState::Loading | BatchState::Committing | BatchState::Committed) => {}
-        Some(BatchState::Cancelled) => return Ok(Received::Cancelled(status)),
-        // Ended meanwhile: its coordinator was taken for gone (it stalled past its lease) and
-        // the upload ended, its key released — or one of its chunks failed it already.
-        _ => {
-            tracing::warn!(%batch_id, error = ?status.error, "the batch ended while its upload came in");
-            return Err(Fault::outage(format!(
-                "batch {batch_id} ended while its upload came in: {}",
-                status.error.as_deref().unwrap_or("no reason recorded")
-            )));
-        }
+    if !matches!(
+        state,
+        Some(BatchState::Loading | BatchState::Committing | BatchState::Committed)
+    ) {
+        return ended_meanwhile(app, batch_id).await;
     }
     metrics::counter!(m::ROWS_RECEIVED).increment(report.rows);
     tracing::info!(
@@ -289,6 +287,22 @@ async fn conclude(
         "batch received"
     );
     Ok(Received::Loading(status))
+}
+
+/// The answer for a batch that ended while its upload came in: cancelled (409), or ended — its
+/// coordinator was taken for gone (it stalled past its lease) and the upload ended, its key
+/// released, or one of its chunks failed it already — which is an outage for this request (503:
+/// the client asks by key and sends the file again if the key is free).
+async fn ended_meanwhile(app: &AppState, batch_id: BatchId) -> Result<Received, Fault> {
+    let status = status_of(app, batch_id).await?;
+    if status.state == BatchState::Cancelled {
+        return Ok(Received::Cancelled(status));
+    }
+    tracing::warn!(%batch_id, error = ?status.error, "the batch ended while its upload came in");
+    Err(Fault::outage(format!(
+        "batch {batch_id} ended while its upload came in: {}",
+        status.error.as_deref().unwrap_or("no reason recorded")
+    )))
 }
 
 /// The failure to record for a refused upload.

@@ -12,7 +12,6 @@ use ingest_core::chunk_copy::ChunkCopy;
 use ingest_core::{ledger, schema};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, IdempotencyKey};
-use lapin::options::QueuePurgeOptions;
 use std::time::Duration;
 
 const FINAL_WITHIN: Duration = Duration::from_secs(120);
@@ -128,13 +127,7 @@ async fn a_poison_chunk_fails_its_batch_naming_the_chunk_and_its_lines() {
         .await
         .unwrap();
     assert_eq!(replaced, 1);
-    let connection = ingest_testkit::amqp_connection("purger").await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_purge(env.queue.as_str().into(), QueuePurgeOptions::default())
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+    env.purge_queue().await;
 
     env.start_workers(2);
     let status = env.wait_final(id, FINAL_WITHIN).await;
@@ -552,4 +545,78 @@ async fn wait_for_commit_step(env: &TestEnv, id: BatchId, step: CommitStep) -> B
         },
     )
     .await
+}
+
+/// When chunk 0 of `id` was last published.
+async fn published_at(env: &TestEnv, id: BatchId) -> String {
+    env.db
+        .query_one(
+            "SELECT published_at::text FROM chunks WHERE batch_id = $1 AND seq = 0",
+            &[&id.get()],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_message_is_found_by_the_chunks_claimed_after_it_however_busy_the_queue() {
+    let mut env = TestEnv::start(Options {
+        workers: 0,
+        redrive_after_seconds: 2.0,
+        ..Options::default()
+    })
+    .await;
+    let lost = env.submit_generated(71, 30_000).await;
+    // Chunk 0's message is taken and acknowledged by someone else: gone, not dead-lettered.
+    let connection = ingest_testkit::amqp_connection("thief").await;
+    let channel = connection.create_channel().await.unwrap();
+    let message = channel
+        .basic_get(
+            env.queue.as_str().into(),
+            lapin::options::BasicGetOptions::default(),
+        )
+        .await
+        .unwrap()
+        .expect("chunk 0's message");
+    message
+        .delivery
+        .acker
+        .ack(lapin::options::BasicAckOptions::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    // A big batch behind it keeps the queue busy for longer than the redrive waits.
+    let busy = env.submit_generated(72, 1_000_000).await;
+    let first_published = published_at(&env, lost).await;
+
+    // One worker, one chunk at a time: chunks 1–5 are claimed, then the big batch's; chunk 0 is
+    // found stranded once chunks published after it were claimed 2 s ago, while the queue still
+    // holds the big batch's messages.
+    env.start_worker_loading(1);
+    let (env_ref, first) = (&env, &first_published);
+    poll(
+        "chunk 0 to be handed out again",
+        FINAL_WITHIN,
+        || async move { (published_at(env_ref, lost).await != *first).then_some(()) },
+    )
+    .await;
+    let waiting = env.chunks_in(busy, ChunkState::Queued).await;
+    assert!(
+        waiting > 0,
+        "the queue was still busy when the lost chunk was handed out again"
+    );
+    let status = env.wait_final(lost, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(
+        env.batch_totals(lost).await,
+        rates_file::expected(71, 30_000)
+    );
+    env.start_workers(2);
+    let status = env.wait_final(busy, FINAL_WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(
+        env.batch_totals(busy).await,
+        rates_file::expected(72, 1_000_000)
+    );
 }

@@ -10,7 +10,7 @@ use ingest_testkit::process::{sibling_binary, start_worker_with, CoordinatorProc
 use ingest_testkit::proxy::{Fault, Proxy};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState};
-use lapin::options::{BasicGetOptions, BasicRejectOptions, QueuePurgeOptions};
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use std::time::{Duration, Instant};
 
 const EXE: &str = env!("CARGO_BIN_EXE_ingest-coordinator");
@@ -70,17 +70,10 @@ async fn a_coordinator_restarted_during_another_ones_upload_fails_nothing() {
     // A slow upload on the first: 200,000 rows in 20 blocks, 300 ms apart.
     const ROWS: u64 = 200_000;
     let codes = rates_file::port_codes(&ingest_testkit::data_dir());
-    let request = env
-        .http
-        .post(format!("{}/batches", first.base))
-        .header("content-type", "text/csv")
-        .body(rates_file::paced(
-            codes,
-            91,
-            ROWS,
-            Duration::from_millis(300),
-        ));
-    let upload = tokio::spawn(async move { request.send().await });
+    let upload = env.submit_in_background(
+        &first.base,
+        rates_file::paced(codes, 91, ROWS, Duration::from_millis(300)),
+    );
     env.wait_until("the upload to be under way", WITHIN, || async {
         env.db
             .query_one(
@@ -160,13 +153,7 @@ async fn a_coordinator_killed_while_workers_load_is_not_needed_to_finish_its_bat
     drop(host);
     // Every message is lost as well: each chunk must be handed out again by the survivor, from
     // the copies in PostgreSQL.
-    let connection = ingest_testkit::amqp_connection("purger").await;
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .queue_purge(env.queue.as_str().into(), QueuePurgeOptions::default())
-        .await
-        .unwrap();
-    let _ = connection.close(200, "purged".into()).await;
+    env.purge_queue().await;
 
     env.base = second.base.clone();
     env.start_workers(2);

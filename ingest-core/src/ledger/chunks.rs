@@ -463,10 +463,11 @@ pub async fn chunk_and_batch(
 }
 
 /// Ends the backend of the worker that claimed a chunk whose lease expired — the backend that
-/// recorded itself at the claim, still the same one (started before the claim), not this one —
-/// and waits up to `within` for it to go. Its open transaction, and with it the chunk's row lock,
-/// goes with it; the worker, should it wake up, finds its connection gone and the chunk loaded
-/// by another. True when such a backend was there.
+/// recorded itself at the claim, still the same one (started before the claim), not this one,
+/// and busy (an idle pooled session holds no chunk: it is left alone) — and waits up to `within`
+/// for it to go. Its open transaction, and with it the chunk's row lock, goes with it; the
+/// worker, should it wake up, finds its connection gone and the chunk loaded by another. True
+/// when such a backend was there.
 pub async fn end_stale_claim(
     client: &Client,
     holder: &Holder,
@@ -479,7 +480,8 @@ pub async fn end_stale_claim(
         .query_one(
             "SELECT coalesce(bool_or(pg_terminate_backend(pid, $3)), false)
              FROM pg_stat_activity
-             WHERE pid = $1 AND backend_start <= $2 AND pid <> pg_backend_pid()",
+             WHERE pid = $1 AND backend_start <= $2 AND pid <> pg_backend_pid()
+               AND state <> 'idle'",
             &[
                 &pid,
                 &claimed_at,

@@ -51,6 +51,18 @@ pub async fn leave(client: &Client, id: &str) -> Result<(), tokio_postgres::Erro
     Ok(())
 }
 
+/// How many coordinators are alive: seen within their lease.
+pub async fn live_coordinators(client: &Client) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM coordinators
+             WHERE seen_at + make_interval(secs => lease_seconds) >= now()",
+            &[],
+        )
+        .await?;
+    Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+}
+
 /// Forgets coordinators not seen for `after` (a day, say): long gone, and nothing refers to them
 /// but the history of the batches they received.
 pub async fn forget_gone(client: &Client, after: Duration) -> Result<u64, tokio_postgres::Error> {

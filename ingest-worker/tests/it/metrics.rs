@@ -72,6 +72,11 @@ async fn the_scraped_figures_match_the_ledger() {
     assert_eq!(series(r#"ingest_commits_total{outcome="committed"}"#), 1.0);
     assert_eq!(series("ingest_commit_duration_seconds_count"), 1.0);
     assert_eq!(series("ingest_uploads_in_flight"), 0.0);
+    assert_eq!(
+        series("ingest_coordinators"),
+        1.0,
+        "this test's one coordinator"
+    );
     assert_eq!(series(r#"ingest_queue_consumers{queue="chunks"}"#), 2.0);
     assert_eq!(series(r#"ingest_queue_messages{queue="dead"}"#), 0.0);
     assert!(

@@ -65,3 +65,47 @@ async fn a_loading_batch_can_be_cancelled_and_stays_cancelled() {
     assert_eq!(response.status().as_u16(), 409);
     assert_eq!(env.prices_count().await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cancelled_while_its_upload_comes_in_answers_409() {
+    let env = TestEnv::start(Options::default()).await;
+    // 100,000 rows in ten blocks a second apart: the cancel lands while the file comes in.
+    let codes = rates_file::port_codes(&ingest_testkit::data_dir());
+    let upload = env.submit_in_background(
+        &env.base,
+        rates_file::paced(codes, 10, 100_000, std::time::Duration::from_secs(1)),
+    );
+    let id = ingest_testkit::poll("the upload to be under way", FINAL_WITHIN, || async {
+        let row = env
+            .db
+            .query_opt(
+                "SELECT b.id FROM batches b JOIN chunks c ON c.batch_id = b.id
+                 WHERE b.state = 'receiving' LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        row.map(|row| ingest_wire::BatchId(row.get(0)))
+    })
+    .await;
+    let response = env
+        .http
+        .post(format!("{}/batches/{id}/cancel", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+
+    // Publishing stops at the next chunk; the answer comes once the rest of the body is read.
+    let answer = upload.await.unwrap().expect("the upload's answer");
+    assert_eq!(answer.status().as_u16(), 409);
+    let cancelled = Answer::read(answer.json().await.unwrap());
+    assert_eq!(
+        cancelled.batch().state,
+        BatchState::Cancelled,
+        "{cancelled:?}"
+    );
+    assert!(cancelled.batch().chunks.total < 20, "{cancelled:?}");
+    assert_eq!(env.prices_count().await, 0);
+    assert_eq!(env.unattached_staging_tables().await, 0);
+}
