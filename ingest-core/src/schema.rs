@@ -56,14 +56,17 @@ pub fn copies_table(batch_id: BatchId) -> String {
 }
 
 /// DDL that creates the table of a batch's chunk copies. The copies are compressed already, so
-/// PostgreSQL is told not to try again (`STORAGE EXTERNAL`).
+/// PostgreSQL is told not to try again (`STORAGE EXTERNAL`). The table is written once, never
+/// updated, and dropped with its batch: autovacuum is kept off it (and its TOAST table, where
+/// the copies are), or it would scan the copies of a batch in the middle of its commit.
 pub fn create_copies_sql(batch_id: BatchId) -> String {
     let table = copies_table(batch_id);
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (\
            seq integer PRIMARY KEY, \
            crc32 bigint NOT NULL, \
-           bytes bytea NOT NULL);\
+           bytes bytea NOT NULL) \
+         WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false);\
          ALTER TABLE {table} ALTER COLUMN bytes SET STORAGE EXTERNAL"
     )
 }

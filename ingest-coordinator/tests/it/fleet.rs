@@ -6,7 +6,9 @@
 
 use ingest_core::chunk::ChunkState;
 use ingest_core::schema;
-use ingest_testkit::process::{sibling_binary, start_worker_with, CoordinatorProcess, Frozen};
+use ingest_testkit::process::{
+    sibling_binary, start_worker_with, CoordinatorProcess, Frozen, Spawned,
+};
 use ingest_testkit::proxy::{Fault, Proxy};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState};
@@ -48,6 +50,14 @@ async fn assert_committed_exactly(env: &TestEnv, id: BatchId, seed: u64, rows: u
     assert_eq!(env.batch_totals(id).await, rates_file::expected(seed, rows));
 }
 
+/// `n` `ingest-worker` processes on `env`'s database and queue (stopped when dropped).
+fn worker_processes(env: &TestEnv, n: usize) -> Vec<Spawned> {
+    let exe = sibling_binary("ingest-worker");
+    (0..n)
+        .map(|i| start_worker_with(&exe, env, &format!("worker-{i}"), "127.0.0.1:0", &[]))
+        .collect()
+}
+
 /// The id of the coordinator process `pid` in the ledger.
 async fn coordinator_id(env: &TestEnv, pid: u32) -> String {
     env.db
@@ -65,7 +75,7 @@ async fn a_coordinator_restarted_during_another_ones_upload_fails_nothing() {
     let mut env = fleet().await;
     let first = CoordinatorProcess::start(EXE, &mut env, FLEET).await;
     let mut second = CoordinatorProcess::start_beside(EXE, &env, FLEET).await;
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
 
     // A slow upload on the first: 200,000 rows in 20 blocks, 300 ms apart.
     const ROWS: u64 = 200_000;
@@ -134,7 +144,7 @@ async fn a_coordinator_killed_while_workers_load_is_not_needed_to_finish_its_bat
     let port = ingest_testkit::process::free_port();
     let mut command = CoordinatorProcess::command(EXE, &env, port, FLEET);
     command.current_dir(host.path());
-    let mut first = ingest_testkit::process::Spawned::start(command);
+    let mut first = Spawned::start(command);
     env.base = format!("http://127.0.0.1:{port}");
     let addr = format!("127.0.0.1:{port}");
     env.wait_until("the first coordinator to be ready", WITHIN, || async {
@@ -156,7 +166,7 @@ async fn a_coordinator_killed_while_workers_load_is_not_needed_to_finish_its_bat
     env.purge_queue().await;
 
     env.base = second.base.clone();
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
     assert_committed_exactly(&env, id, 92, ROWS).await;
     let handed_out_again: i64 = env
         .db
@@ -286,7 +296,7 @@ async fn a_committing_coordinator_that_freezes_is_taken_over() {
         ))
         .await
         .unwrap();
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
     let first_id = coordinator_id(&env, first.pid()).await;
     let (db, first_id) = (&env.db, &first_id);
     poll(
@@ -419,7 +429,7 @@ async fn a_damaged_stored_copy_fails_its_batch_as_no_good_copy_and_frees_its_key
         .await
         .unwrap();
     assert_eq!(damaged, 1);
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
 
     let status = env.wait_final(id, WITHIN).await;
     assert_eq!(status.state, BatchState::Failed, "{status:#?}");
@@ -456,7 +466,7 @@ async fn a_submit_whose_last_reply_was_lost_answers_the_batch_s_real_state() {
     let mut settings = FLEET.to_vec();
     settings.push(("DATABASE_URL", &url));
     let coordinator = CoordinatorProcess::start(EXE, &mut env, &settings).await;
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
     let codes = rates_file::port_codes(&ingest_testkit::data_dir());
     let (code, accepted) = env
         .submit_with(
@@ -509,7 +519,7 @@ async fn dead_lettered_chunks_are_handed_out_again_while_other_batches_keep_the_
     .await;
     assert_eq!(env.chunks_in(stranded, ChunkState::Queued).await, 6);
 
-    env.start_workers(2);
+    let _workers = worker_processes(&env, 2);
     assert_committed_exactly(&env, stranded, 101, 30_000).await;
     assert_committed_exactly(&env, busy, 102, 20_000).await;
     assert_eq!(env.dead_letters().await, 0);

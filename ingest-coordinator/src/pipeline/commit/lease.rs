@@ -45,6 +45,8 @@ pub struct CommitLease {
     pool: Pool,
     /// The session that took the lease; `None` once released.
     main: Option<Object>,
+    /// The furthest step recorded so far (parts reach steps one after another).
+    reached: std::sync::Mutex<Option<CommitStep>>,
     /// Fired when the lease is no longer this coordinator's.
     lost: CancellationToken,
     /// Stops the renewal.
@@ -98,6 +100,7 @@ impl CommitLease {
             fence,
             pool: app.pool.clone(),
             main: Some(main),
+            reached: std::sync::Mutex::new(None),
             lost,
             done,
             renewal: Some(renewal),
@@ -135,6 +138,30 @@ impl CommitLease {
 
     /// Records where the commit is (shown in the status).
     pub async fn step(&self, step: CommitStep) -> Result<(), Fault> {
+        *self.reached.lock().expect("not poisoned") = Some(step);
+        self.record(step).await
+    }
+
+    /// Records `step` when it is further than any step recorded so far: the first part of a
+    /// batch to reach a step moves the commit there.
+    pub async fn reach(&self, step: CommitStep) -> Result<(), Fault> {
+        let further = {
+            let mut reached = self.reached.lock().expect("not poisoned");
+            let order = |step: CommitStep| CommitStep::ALL.iter().position(|s| *s == step);
+            let further = reached.is_none_or(|done| order(step) > order(done));
+            if further {
+                *reached = Some(step);
+            }
+            further
+        };
+        if further {
+            self.record(step).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes `step` to the ledger under the lease's fence.
+    async fn record(&self, step: CommitStep) -> Result<(), Fault> {
         if !ledger::record_commit_step(self.client(), self.batch_id, self.fence, step).await? {
             self.lost.cancel();
             return Err(self.lost_fault());

@@ -154,28 +154,29 @@ async fn commit_locked(
     }
     let parts = leaves(lease.client(), batch_id).await?;
     let keys = schema::foreign_keys(lease.client()).await?;
-    if index_first {
-        lease.step(CommitStep::Index).await?;
-        on_every_part(lease, &parts, |part| {
-            vec![(
+    on_every_part(lease, &parts, |part| {
+        let index = index_first.then(|| {
+            (
+                CommitStep::Index,
                 "building the batch's index",
                 schema::index_part_sql(part, false),
-            )]
-        })
-        .await?;
-    }
-    lease.step(CommitStep::ForeignKeys).await?;
-    on_every_part(lease, &parts, |part| {
-        vec![
-            (
-                "adding the foreign keys",
-                schema::foreign_keys_part_sql(part, &keys),
-            ),
-            (
-                "validating the foreign keys",
-                schema::validate_part_sql(part, keys.len()),
-            ),
-        ]
+            )
+        });
+        index
+            .into_iter()
+            .chain([
+                (
+                    CommitStep::ForeignKeys,
+                    "adding the foreign keys",
+                    schema::foreign_keys_part_sql(part, &keys),
+                ),
+                (
+                    CommitStep::ForeignKeys,
+                    "validating the foreign keys",
+                    schema::validate_part_sql(part, keys.len()),
+                ),
+            ])
+            .collect()
     })
     .await?;
     lease.step(CommitStep::Attach).await?;
@@ -196,18 +197,20 @@ async fn commit_locked(
     Ok(Visible(rows))
 }
 
-/// Runs each part's statements (named steps) in a session of the lease of its own, all parts at
-/// once. Every session runs to its end (none is dropped mid-statement, which would leave its
-/// statement running on a pooled connection); the first failure is returned.
+/// Runs each part's statements in a session of the lease of its own, all parts at once, each
+/// part on to its next step as soon as it is through the one before (the first part to reach a
+/// step records it). Every session runs to its end (none is dropped mid-statement, which would
+/// leave its statement running on a pooled connection); the first failure is returned.
 async fn on_every_part(
     lease: &CommitLease,
     parts: &[String],
-    statements: impl Fn(&str) -> Vec<(&'static str, String)>,
+    statements: impl Fn(&str) -> Vec<(CommitStep, &'static str, String)>,
 ) -> Result<(), Fault> {
     let statements = &statements;
     futures_util::future::join_all(parts.iter().map(|part| async move {
         let session = lease.session().await?;
-        for (step, sql) in statements(part) {
+        for (commit_step, step, sql) in statements(part) {
+            lease.reach(commit_step).await?;
             session
                 .client()
                 .batch_execute(&sql)
