@@ -77,12 +77,13 @@ async fn a_coordinator_restarted_during_another_ones_upload_fails_nothing() {
     let mut second = CoordinatorProcess::start_beside(EXE, &env, FLEET).await;
     let _workers = worker_processes(&env, 2);
 
-    // A slow upload on the first: 200,000 rows in 20 blocks, 300 ms apart.
+    // A slow upload on the first: 200,000 rows in 20 blocks, 500 ms apart (10 s in all, longer
+    // than the restarts below).
     const ROWS: u64 = 200_000;
     let codes = rates_file::port_codes(&ingest_testkit::data_dir());
     let upload = env.submit_in_background(
         &first.base,
-        rates_file::paced(codes, 91, ROWS, Duration::from_millis(300)),
+        rates_file::paced(codes, 91, ROWS, Duration::from_millis(500)),
     );
     env.wait_until("the upload to be under way", WITHIN, || async {
         env.db
@@ -437,7 +438,7 @@ async fn a_damaged_stored_copy_fails_its_batch_as_no_good_copy_and_frees_its_key
     assert!(
         error.starts_with(
             "no good copy of chunk 1 (lines 5002–10001) is left: its stored copy \
-                           was read damaged 3 times"
+                           was read damaged "
         ) && error.contains("not the file's fault"),
         "{error}"
     );
@@ -476,8 +477,12 @@ async fn a_submit_whose_last_reply_was_lost_answers_the_batch_s_real_state() {
         .await;
     assert_eq!(proxy.fired(), 1, "{}", coordinator.logs());
     assert_eq!(code, 202, "{accepted:?}");
+    // Loading, or already further (the workers may have been quicker than the answer).
     assert!(
-        !accepted.batch().state.is_final() && accepted.batch().state != BatchState::Receiving,
+        matches!(
+            accepted.batch().state,
+            BatchState::Loading | BatchState::Committing | BatchState::Committed
+        ),
         "{accepted:?}"
     );
     assert_committed_exactly(&env, accepted.id(), 99, 20_000).await;
