@@ -590,10 +590,19 @@ async fn a_lost_message_is_found_by_the_chunks_claimed_after_it_however_busy_the
     let busy = env.submit_generated(72, 1_000_000).await;
     let first_published = published_at(&env, lost).await;
 
-    // One worker, one chunk at a time: chunks 1–5 are claimed, then the big batch's; chunk 0 is
-    // found stranded once chunks published after it were claimed 2 s ago, while the queue still
-    // holds the big batch's messages.
+    // One worker, one chunk at a time: chunks 1–5 are claimed, then the big batch's. The worker
+    // stops once it has loaded one of the big batch's, so the queue stays busy however fast the
+    // machine is. Chunk 0 must be found stranded because chunks published after it were claimed
+    // 2 s ago — the queue holds the big batch's messages all along.
     env.start_worker_loading(1);
+    let env_ref = &env;
+    poll(
+        "a chunk of the big batch to be loaded",
+        FINAL_WITHIN,
+        || async move { (env_ref.chunks_in(busy, ChunkState::Loaded).await > 0).then_some(()) },
+    )
+    .await;
+    env.stop_workers().await;
     let (env_ref, first) = (&env, &first_published);
     poll(
         "chunk 0 to be handed out again",
@@ -606,6 +615,7 @@ async fn a_lost_message_is_found_by_the_chunks_claimed_after_it_however_busy_the
         waiting > 0,
         "the queue was still busy when the lost chunk was handed out again"
     );
+    env.start_worker_loading(1);
     let status = env.wait_final(lost, FINAL_WITHIN).await;
     assert_eq!(status.state, BatchState::Committed, "{status:#?}");
     assert_eq!(
