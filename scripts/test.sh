@@ -7,7 +7,9 @@ source scripts/services.sh
 ensure_services
 # The fault tests stop and start PostgreSQL and RabbitMQ (one at a time, each restarting what it
 # stopped); should a test process be killed mid-outage, the services are started again here.
-trap ensure_services EXIT
+# The 3-node RabbitMQ cluster the cluster tests share (scripts/cluster/rabbitmq.sh, started by
+# the first of them) is stopped here too.
+trap 'scripts/cluster/rabbitmq.sh stop || true; ensure_services' EXIT
 
 echo "== format"
 cargo fmt --all -- --check

@@ -94,16 +94,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )?;
     let amqp = broker::Link::open(
         &config.amqp_url,
+        broker::Start::in_order(config.amqp_in_order),
         "ingest-coordinator",
         config.max_pause(),
         Duration::from_secs(config.ride_through_seconds),
     )
     .await?;
-    let channel = amqp.channel().await?;
-    broker::declare(&channel, &config.queue)
+    broker::declare(&amqp, &config.queue, config.queue_replicas)
         .await
         .context("declaring the chunk queues")?;
-    let _ = channel.close(200, "declared".into()).await;
 
     let state = AppState {
         presence: Presence::new(&presence::host_name(), std::process::id(), lease),

@@ -15,7 +15,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// RabbitMQ broker.
+    /// RabbitMQ: one node's URL, or a cluster's nodes' URLs separated by commas (the process
+    /// starts at one picked at random and goes on with the next when its node goes away).
     #[arg(long, env = "AMQP_URL", default_value = broker::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
@@ -34,6 +35,17 @@ pub struct Config {
     /// The chunk queue on RabbitMQ.
     #[arg(long, env = "INGEST_QUEUE", default_value = broker::DEFAULT_QUEUE)]
     pub queue: String,
+
+    /// Connect to the first of `AMQP_URL`'s nodes that answers, instead of one picked at
+    /// random (which spreads a fleet over a cluster's nodes).
+    #[arg(long, env = "INGEST_AMQP_IN_ORDER", default_value_t = false)]
+    pub amqp_in_order: bool,
+
+    /// Replicas of the chunk queues when this process is the one that declares them (a quorum
+    /// queue's `x-quorum-initial-group-size`; default: the cluster's own default). Queues that
+    /// exist are used as they are.
+    #[arg(long, env = "INGEST_QUEUE_REPLICAS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub queue_replicas: Option<u16>,
 
     /// Rows per chunk.
     #[arg(long, env = "INGEST_CHUNK_ROWS", default_value_t = 50_000)]
@@ -136,6 +148,7 @@ impl Config {
 
     /// Refuses settings that would be unsafe, lose data or cannot work, with one line.
     pub fn check(&self) -> anyhow::Result<()> {
+        broker::Nodes::parse(&self.amqp_url)?;
         if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
             anyhow::bail!(
                 "refusing to listen on {} without INGEST_TOKEN; set a token or pass --insecure",
@@ -260,6 +273,8 @@ impl fmt::Debug for Config {
             .field("token", &self.token.as_ref().map(|_| "<hidden>"))
             .field("insecure", &self.insecure)
             .field("queue", &self.queue)
+            .field("queue_replicas", &self.queue_replicas)
+            .field("amqp_in_order", &self.amqp_in_order)
             .field("chunk_rows", &self.chunk_rows)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_line_bytes", &self.max_line_bytes)

@@ -12,11 +12,14 @@
 //!   requeue, or over the delivery limit), for an operator to look at and re-drive.
 
 mod link;
+mod nodes;
 
 pub use link::Link;
+pub use nodes::{Nodes, NodesError, Start};
 
 use crate::fault::Fault;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -80,38 +83,85 @@ pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dead")
 }
 
-/// Declares the chunk queue and its dead-letter queue (idempotent).
-pub async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+/// Makes sure the chunk queue and its dead-letter queue exist (idempotent), declared with
+/// `replicas` as the quorum queues' initial group size when given (RabbitMQ's default,
+/// `quorum_cluster_size`, otherwise). A queue that exists with other arguments — declared by a
+/// process with another setting, or by an older release — is used as it is, so that processes
+/// never refuse each other's queues.
+pub async fn declare(link: &Link, queue: &str, replicas: Option<u16>) -> Result<(), Fault> {
+    let dead = dead_letter_queue(queue);
     let durable = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    let dead = dead_letter_queue(queue);
-    let mut quorum = FieldTable::default();
-    quorum.insert(
+    for name in [dead.as_str(), queue] {
+        let arguments = if name == queue {
+            chunk_queue_arguments(&dead, replicas)
+        } else {
+            quorum_arguments(replicas)
+        };
+        let channel = link.channel().await?;
+        match channel.queue_declare(name.into(), durable, arguments).await {
+            Ok(_) => {
+                let _ = channel.close(200, "declared".into()).await;
+            }
+            Err(error) if is_precondition_failed(&error) => {
+                // The refusal closed the channel; the queue is there, as someone declared it.
+                let channel = link.channel().await?;
+                depth(&channel, name).await?;
+                let _ = channel.close(200, "declared".into()).await;
+                tracing::info!(
+                    queue = name,
+                    "the queue exists with other arguments; used as it is"
+                );
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The arguments of a quorum queue.
+fn quorum_arguments(replicas: Option<u16>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
         ShortString::from("x-queue-type"),
         AMQPValue::LongString("quorum".into()),
     );
-    channel
-        .queue_declare(dead.as_str().into(), durable, quorum.clone())
-        .await?;
-    let mut arguments = quorum;
+    if let Some(replicas) = replicas {
+        arguments.insert(
+            ShortString::from("x-quorum-initial-group-size"),
+            AMQPValue::LongInt(i32::from(replicas)),
+        );
+    }
+    arguments
+}
+
+/// The chunk queue's: quorum, dead-lettering into `dead` past the delivery limit.
+fn chunk_queue_arguments(dead: &str, replicas: Option<u16>) -> FieldTable {
+    let mut arguments = quorum_arguments(replicas);
     arguments.insert(
         ShortString::from("x-dead-letter-exchange"),
         AMQPValue::LongString("".into()),
     );
     arguments.insert(
         ShortString::from("x-dead-letter-routing-key"),
-        AMQPValue::LongString(dead.as_str().into()),
+        AMQPValue::LongString(dead.into()),
     );
     arguments.insert(
         ShortString::from("x-delivery-limit"),
         AMQPValue::LongLongInt(DELIVERY_LIMIT),
     );
-    channel
-        .queue_declare(queue.into(), durable, arguments)
-        .await?;
-    Ok(())
+    arguments
+}
+
+/// True when RabbitMQ refused a declaration that does not match the queue's.
+fn is_precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
 }
 
 /// Deletes the chunk queue and its dead-letter queue (tests clean up with this).
@@ -124,7 +174,10 @@ pub async fn delete(channel: &Channel, queue: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The URL without its password, for messages.
+/// The URL (or each of the comma-separated URLs) without its password, for messages.
 pub fn redact(url: &str) -> String {
-    crate::db::redact(url)
+    url.split(',')
+        .map(crate::db::redact)
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -3,6 +3,14 @@
 //! deadlock, a full disk, a race on the catalog, a broker that is away — is an outage, and the
 //! step is tried again (see [`crate::outage`]). Callers decide by this type, never by an error's
 //! text.
+//!
+//! A failover is an outage too: between the primary's death and the standby's promotion a
+//! session opened with `target_session_attrs=read-write` finds no server that takes writes
+//! ("database does not allow writes", a connection error), and one already on a server that
+//! turned read-only is told `25006` ("cannot execute … in a read-only transaction"); a commit
+//! whose synchronous-replication wait a failover manager ended loses its connection after it
+//! took effect on the old primary. None is class 22 or 23, so each is tried again, and every
+//! step is safe to try again after an answer that never came (see `ledger`).
 
 use std::fmt;
 

@@ -48,6 +48,9 @@ pub const CHUNKS_DEAD: &str = "ingest_chunks_dead_total";
 pub const QUEUE_MESSAGES: &str = "ingest_queue_messages";
 /// Consumers of a `queue`, as the coordinator sees them (gauge).
 pub const QUEUE_CONSUMERS: &str = "ingest_queue_consumers";
+/// The RabbitMQ `node` (`host:port`, one of those `AMQP_URL` lists) this process is connected
+/// to: 1 for the node in use, 0 for the others (gauge, coordinator and worker).
+pub const RABBITMQ_NODE: &str = "ingest_rabbitmq_node";
 /// Chunks a worker holds now (gauge, worker).
 pub const CHUNKS_IN_HAND: &str = "ingest_worker_chunks_in_hand";
 /// Gauge: partitions of `prices_by_batch`, as the merge loop last counted them.
@@ -123,6 +126,10 @@ fn describe() {
     describe_gauge!(
         QUEUE_CONSUMERS,
         "Consumers of a queue, as the coordinator sees it."
+    );
+    describe_gauge!(
+        RABBITMQ_NODE,
+        "1 for the RabbitMQ node this process is connected to, 0 for the other listed nodes."
     );
     describe_gauge!(CHUNKS_IN_HAND, "Chunks this worker holds.");
     describe_gauge!(

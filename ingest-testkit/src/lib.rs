@@ -7,11 +7,13 @@
 //! - [`rates_file`]: generated rates files and their checksums;
 //! - [`process`]: the real binaries as child processes;
 //! - [`outage`]: real outages of the shared services, and the lock that lets them run alone;
+//! - [`cluster`]: a 3-node RabbitMQ cluster and a PostgreSQL primary with a standby, to fail;
 //! - [`proxy`]: a proxy to PostgreSQL that loses one reply or damages one row, on cue;
 //! - [`browser`]: a headless Chromium driven over WebDriver.
 
 mod answer;
 pub mod browser;
+pub mod cluster;
 pub mod outage;
 pub mod process;
 pub mod proxy;
@@ -42,15 +44,31 @@ pub fn sample_prices() -> PathBuf {
     data_dir().join("prices.csv")
 }
 
-/// The server the tests use (the local one unless `DATABASE_URL` says otherwise), with `db`.
-fn server_url(db: &str) -> String {
+/// The server the tests use (the local one unless `DATABASE_URL` says otherwise), as
+/// `postgres://user@host:port` with no database.
+fn default_server() -> String {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| db::DEFAULT_DATABASE_URL.into());
     let authority = url.find("://").map(|at| at + 3).unwrap_or(0);
     let end = url[authority..]
         .find('/')
         .map(|at| authority + at)
         .unwrap_or(url.len());
-    format!("{}/{db}", &url[..end])
+    url[..end].to_string()
+}
+
+/// The URL of database `db` on `server` (`postgres://user@host:port`, or several hosts
+/// separated by commas: then sessions go to the one that takes writes).
+pub fn url_on(server: &str, db: &str) -> String {
+    if server.contains(',') {
+        format!("{server}/{db}?target_session_attrs=read-write")
+    } else {
+        format!("{server}/{db}")
+    }
+}
+
+/// The tests' server, with `db`.
+fn server_url(db: &str) -> String {
+    url_on(&default_server(), db)
 }
 
 /// The address of the tests' PostgreSQL server (for a [`proxy`] in front of it).
@@ -79,14 +97,34 @@ pub fn amqp_url() -> String {
 /// A connection to the tests' broker, for looking at queues (tried for up to 30 s: the broker
 /// may be coming back from an outage a test made).
 pub async fn amqp_connection(name: &str) -> lapin::Connection {
+    connect_any(&amqp_url(), name).await
+}
+
+/// A connection to the first of the nodes `urls` lists that answers, tried for up to 30 s.
+async fn connect_any(urls: &str, name: &str) -> lapin::Connection {
+    let nodes = broker::Nodes::parse(urls).expect("AMQP URLs");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match broker::connect(&amqp_url(), name, Duration::from_secs(5)).await {
+    for node in (0..nodes.len()).cycle() {
+        match broker::connect(nodes.url(node), name, Duration::from_secs(5)).await {
             Ok(connection) => return connection,
             Err(fault) if std::time::Instant::now() > deadline => panic!("amqp: {fault}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    unreachable!("cycle never ends")
+}
+
+/// A [`broker::Link`] to the tests' broker (tried for up to 30 s, as [`amqp_connection`]).
+pub async fn amqp_link(name: &str) -> broker::Link {
+    broker::Link::open(
+        &amqp_url(),
+        broker::Start::Listed,
+        name,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("amqp")
 }
 
 /// How a test wants its environment.
@@ -121,6 +159,15 @@ pub struct Options {
     pub schema_version: Option<u32>,
     /// How long a coordinator may go unseen before its peers take over (seconds).
     pub coordinator_lease_seconds: f64,
+    /// The in-process workers' chunk lease (seconds).
+    pub worker_lease_seconds: u64,
+    /// The PostgreSQL server (`postgres://user@host:port`, or several hosts separated by
+    /// commas), when not the machine's own (a [`cluster::PostgresPair`]'s, say).
+    pub postgres_server: Option<String>,
+    /// `AMQP_URL`, when not the machine's broker (a [`cluster::RabbitCluster`]'s, say). Every
+    /// process of the environment then connects to the first listed node that answers
+    /// (`INGEST_AMQP_IN_ORDER`), so that a test knows which node they are on.
+    pub amqp_url: Option<String>,
 }
 
 impl Default for Options {
@@ -140,6 +187,9 @@ impl Default for Options {
             exclusive: false,
             schema_version: None,
             coordinator_lease_seconds: 30.0,
+            worker_lease_seconds: 300,
+            postgres_server: None,
+            amqp_url: None,
         }
     }
 }
@@ -162,6 +212,12 @@ pub struct TestEnv {
     pub db: tokio_postgres::Client,
     /// The configuration the coordinator was started with.
     pub config: Config,
+    /// The PostgreSQL server the database is on (no database in the URL).
+    pub server: String,
+    /// The `AMQP_URL` of the broker the queues are on.
+    pub amqp_url: String,
+    /// The in-process workers' chunk lease.
+    worker_lease_seconds: u64,
     workers: Vec<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
     /// Held while the environment lives: shared, or exclusive for a test that stops services.
     _turn: outage::Turn,
@@ -181,19 +237,25 @@ impl TestEnv {
         let turn = outage::Turn::take(options.exclusive);
         let suffix: u64 = rand::rng().random();
         let db_name = format!("ingest_test_{suffix:x}");
-        let admin = db::connect(&server_url("postgres"))
+        let server = options
+            .postgres_server
+            .clone()
+            .unwrap_or_else(default_server);
+        let amqp_url = options.amqp_url.clone().unwrap_or_else(amqp_url);
+        let admin = db::connect(&url_on(&server, "postgres"))
             .await
             .expect("admin connection");
         admin
             .batch_execute(&format!("CREATE DATABASE {db_name}"))
             .await
             .expect("create the test database");
-        let database_url = server_url(&db_name);
+        let database_url = url_on(&server, &db_name);
         let queue = format!("ingest.test.{suffix:x}");
 
         let mut config = Config::defaults();
         config.database_url = database_url.clone();
-        config.amqp_url = amqp_url();
+        config.amqp_url = amqp_url.clone();
+        config.amqp_in_order = options.amqp_url.is_some();
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.queue = queue.clone();
         config.chunk_rows = options.chunk_rows;
@@ -242,6 +304,9 @@ impl TestEnv {
             http: reqwest::Client::new(),
             db: seed_client,
             config,
+            server,
+            amqp_url,
+            worker_lease_seconds: options.worker_lease_seconds,
             workers: Vec::new(),
             _turn: turn,
         };
@@ -261,7 +326,9 @@ impl TestEnv {
         {
             let mut config = ingest_worker::Config::defaults();
             config.database_url = self.database_url.clone();
-            config.amqp_url = amqp_url();
+            config.amqp_url = self.amqp_url.clone();
+            config.amqp_in_order = self.config.amqp_in_order;
+            config.lease_seconds = self.worker_lease_seconds;
             config.queue = self.queue.clone();
             config.concurrency = concurrency;
             config.backoff_max_ms = 200;
@@ -395,6 +462,25 @@ impl TestEnv {
             .await
             .expect("batch totals");
         (row.get(0), row.get(1))
+    }
+
+    /// Per day: (rows, sum of prices) of one batch as readers see it (compare with
+    /// [`rates_file::expected_by_day`]).
+    pub async fn batch_by_day(
+        &self,
+        id: BatchId,
+    ) -> std::collections::BTreeMap<String, (i64, i64)> {
+        self.db
+            .query(
+                "SELECT day::text, count(*), sum(price)::bigint FROM prices_by_batch
+                 WHERE batch_id = $1 GROUP BY day",
+                &[&id.get()],
+            )
+            .await
+            .expect("batch totals by day")
+            .iter()
+            .map(|row| (row.get(0), (row.get(1), row.get(2))))
+            .collect()
     }
 
     /// Writes one price straight into `prices` from `CNSGH` to `NLRTM` on `day` (as the ratestask
@@ -586,7 +672,7 @@ impl TestEnv {
     /// Empties the chunk queue, as an operator's purge or a lost broker would: the chunks stay
     /// `queued` in the ledger with no message on its way.
     pub async fn purge_queue(&self) {
-        let connection = amqp_connection("purger").await;
+        let connection = self.amqp_connection("purger").await;
         let channel = connection.create_channel().await.expect("channel");
         channel
             .queue_purge(
@@ -613,6 +699,12 @@ impl TestEnv {
         tokio::spawn(async move { request.send().await })
     }
 
+    /// A connection to the environment's broker (any of its nodes that answers), tried for up
+    /// to 30 s.
+    pub async fn amqp_connection(&self, name: &str) -> lapin::Connection {
+        connect_any(&self.amqp_url, name).await
+    }
+
     /// Messages waiting in the chunk queue.
     pub async fn queue_depth(&self) -> u32 {
         self.depth_of(&self.queue).await.0
@@ -632,7 +724,7 @@ impl TestEnv {
 
     /// (messages ready, consumers) of a queue.
     async fn depth_of(&self, queue: &str) -> (u32, u32) {
-        let connection = amqp_connection("test").await;
+        let connection = self.amqp_connection("test").await;
         let channel = connection.create_channel().await.expect("channel");
         let depth = broker::depth(&channel, queue).await.expect("queue");
         let _ = connection.close(200, "bye".into()).await;
@@ -648,6 +740,8 @@ impl Drop for TestEnv {
         }
         let db_name = self.db_name.clone();
         let queue = self.queue.clone();
+        let server = self.server.clone();
+        let amqp_url = self.amqp_url.clone();
         // Cleanup runs on a runtime of its own: Drop cannot await, and the test's runtime may
         // be shutting down.
         let cleaned = std::thread::spawn(move || {
@@ -656,7 +750,12 @@ impl Drop for TestEnv {
                 .build()
                 .expect("cleanup runtime")
                 .block_on(async move {
-                    if let Ok(admin) = db::connect(&server_url("postgres")).await {
+                    let admin = tokio::time::timeout(
+                        Duration::from_secs(30),
+                        db::connect(&url_on(&server, "postgres")),
+                    )
+                    .await;
+                    if let Ok(Ok(admin)) = admin {
                         let _ = admin
                             .batch_execute(&format!(
                                 "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
@@ -665,7 +764,7 @@ impl Drop for TestEnv {
                     }
                     let connection = tokio::time::timeout(
                         Duration::from_secs(30),
-                        amqp_connection("test cleanup"),
+                        connect_any(&amqp_url, "test cleanup"),
                     )
                     .await;
                     if let Ok(connection) = connection {

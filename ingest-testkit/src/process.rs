@@ -130,7 +130,8 @@ pub fn start_worker_with(
     let mut command = Command::new(exe);
     command
         .env("DATABASE_URL", &env.database_url)
-        .env("AMQP_URL", super::amqp_url())
+        .env("AMQP_URL", &env.amqp_url)
+        .env("INGEST_AMQP_IN_ORDER", env.config.amqp_in_order.to_string())
         .env("INGEST_QUEUE", &env.queue)
         .env("INGEST_WORKER_NAME", name)
         .env("INGEST_WORKER_LISTEN", listen)
@@ -159,7 +160,8 @@ impl CoordinatorProcess {
         let mut command = Command::new(exe);
         command
             .env("DATABASE_URL", &env.database_url)
-            .env("AMQP_URL", super::amqp_url())
+            .env("AMQP_URL", &env.amqp_url)
+            .env("INGEST_AMQP_IN_ORDER", env.config.amqp_in_order.to_string())
             .env("INGEST_QUEUE", &env.queue)
             .env("INGEST_LISTEN", format!("127.0.0.1:{port}"))
             .env("INGEST_COMMIT_POLL_MS", "50")

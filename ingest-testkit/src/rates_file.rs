@@ -70,6 +70,20 @@ pub fn expected(seed: u64, rows: u64) -> (i64, i64) {
     totals(&port_codes(&crate::data_dir()), seed, rows)
 }
 
+/// Per day: (rows, sum of prices) of a generated file over the repository's port codes — a
+/// checksum that a lost or doubled chunk cannot pass by luck.
+pub fn expected_by_day(seed: u64, rows: u64) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let codes = port_codes(&crate::data_dir());
+    let mut days = std::collections::BTreeMap::new();
+    for i in 0..rows {
+        let (_, _, day, price) = row(&codes, seed, i);
+        let entry = days.entry(day).or_insert((0, 0));
+        entry.0 += 1;
+        entry.1 += price;
+    }
+    days
+}
+
 /// The file as a slow client sends it: 10,000-row blocks with `pause` between them (the pause is
 /// the point: a fault lands while the upload is still coming in).
 pub fn paced(

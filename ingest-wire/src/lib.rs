@@ -14,6 +14,7 @@ pub use ids::{BatchId, IdempotencyKey, InvalidKey, LineNumber};
 pub use state::{BatchState, UnknownState};
 pub use status::{
     BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, Readiness, RowError,
+    WorkerReadiness,
 };
 
 /// Header names of the API.

@@ -207,20 +207,42 @@ pub struct BatchPage {
     pub next: Option<String>,
 }
 
-/// What `GET /readyz` says: each dependency, ready or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What the coordinator's `GET /readyz` says: each dependency, ready or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Readiness {
     /// PostgreSQL answers.
     pub postgres: bool,
     /// The RabbitMQ connection is open.
     pub rabbitmq: bool,
+    /// The RabbitMQ node (`host:port`, one of those `AMQP_URL` lists) the connection is on, or
+    /// was on last.
+    pub rabbitmq_node: String,
 }
 
 impl Readiness {
     /// Every dependency is there.
     pub fn is_ready(&self) -> bool {
         self.postgres && self.rabbitmq
+    }
+}
+
+/// What a worker's `GET /readyz` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReadiness {
+    /// The worker holds a consumer on the chunk queue.
+    pub consuming: bool,
+    /// PostgreSQL answers.
+    pub postgres: bool,
+    /// The RabbitMQ node (`host:port`, one of those `AMQP_URL` lists) the worker's connection
+    /// is on, or was on last.
+    pub rabbitmq_node: String,
+}
+
+impl WorkerReadiness {
+    /// Ready to load chunks.
+    pub fn is_ready(&self) -> bool {
+        self.consuming && self.postgres
     }
 }
 

@@ -16,13 +16,25 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
     pub database_url: String,
 
-    /// RabbitMQ broker.
+    /// RabbitMQ: one node's URL, or a cluster's nodes' URLs separated by commas (the process
+    /// starts at one picked at random and goes on with the next when its node goes away).
     #[arg(long, env = "AMQP_URL", default_value = broker::DEFAULT_AMQP_URL)]
     pub amqp_url: String,
 
     /// The chunk queue on RabbitMQ.
     #[arg(long, env = "INGEST_QUEUE", default_value = broker::DEFAULT_QUEUE)]
     pub queue: String,
+
+    /// Connect to the first of `AMQP_URL`'s nodes that answers, instead of one picked at
+    /// random (which spreads a fleet over a cluster's nodes).
+    #[arg(long, env = "INGEST_AMQP_IN_ORDER", default_value_t = false)]
+    pub amqp_in_order: bool,
+
+    /// Replicas of the chunk queues when this process is the one that declares them (a quorum
+    /// queue's `x-quorum-initial-group-size`; default: the cluster's own default). Queues that
+    /// exist are used as they are.
+    #[arg(long, env = "INGEST_QUEUE_REPLICAS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub queue_replicas: Option<u16>,
 
     /// Chunks loaded at once (each on its own PostgreSQL connection).
     #[arg(long, env = "INGEST_WORKER_CONCURRENCY", default_value_t = 2)]
@@ -73,6 +85,7 @@ impl Config {
 
     /// Refuses settings that cannot work, with one line.
     pub fn check(&self) -> anyhow::Result<()> {
+        broker::Nodes::parse(&self.amqp_url)?;
         if self.concurrency == 0 {
             anyhow::bail!("--concurrency (INGEST_WORKER_CONCURRENCY) must be at least 1");
         }

@@ -19,7 +19,7 @@ use crate::load::{self, Outcome};
 use crate::subscribe::{Next, Subscription};
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use ingest_core::broker::Link;
+use ingest_core::broker::{Link, Start};
 use ingest_core::chunk::ChunkMessage;
 use ingest_core::db;
 use ingest_core::fault::Fault;
@@ -61,15 +61,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let link = Arc::new(
         Link::open(
             &config.amqp_url,
+            Start::in_order(config.amqp_in_order),
             &format!("ingest-worker {worker}"),
             config.max_pause(),
             Duration::from_secs(config.connect_seconds),
         )
         .await?,
     );
-    let subscribe = || Subscription::open(&link, &config.queue, &worker, config.prefetch_count());
+    let subscribe = || {
+        Subscription::open(
+            &link,
+            &config.queue,
+            &worker,
+            config.prefetch_count(),
+            config.queue_replicas,
+        )
+    };
     let mut subscription = Some(subscribe().await?);
-    let health = Health::new(pool.clone());
+    let health = Health::new(pool.clone(), link.clone());
     health.set_consuming(true);
     let listening = listener.local_addr()?;
     let stop_listening = CancellationToken::new();

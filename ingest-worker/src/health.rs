@@ -1,7 +1,8 @@
 //! The worker's own small HTTP listener (`INGEST_WORKER_LISTEN`): `/metrics` for Prometheus,
 //! `/healthz` for a liveness probe (the process answers: the worker mends its own RabbitMQ
 //! connection, so an outage of a dependency is no reason to restart it) and `/readyz` for a
-//! readiness probe (it holds a consumer on the chunk queue, and PostgreSQL answers).
+//! readiness probe (it holds a consumer on the chunk queue, and PostgreSQL answers; it also says
+//! which RabbitMQ node the worker is on).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -9,6 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
+use ingest_core::broker::Link;
+use ingest_wire::WorkerReadiness;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,14 +20,16 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Health {
     pool: Pool,
+    link: Arc<Link>,
     consuming: Arc<AtomicBool>,
 }
 
 impl Health {
-    /// Probes for a worker on `pool`; not consuming yet.
-    pub fn new(pool: Pool) -> Health {
+    /// Probes for a worker on `pool` and `link`; not consuming yet.
+    pub fn new(pool: Pool, link: Arc<Link>) -> Health {
         Health {
             pool,
+            link,
             consuming: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -61,19 +66,20 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// `GET /readyz`: consuming (the loop holds a consumer) and PostgreSQL answers.
-async fn readyz(State(health): State<Health>) -> (StatusCode, Json<serde_json::Value>) {
-    let consuming = health.consuming.load(Ordering::SeqCst);
+async fn readyz(State(health): State<Health>) -> (StatusCode, Json<WorkerReadiness>) {
     let postgres = match health.pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
     };
-    let status = if consuming && postgres {
+    let readiness = WorkerReadiness {
+        consuming: health.consuming.load(Ordering::SeqCst),
+        postgres,
+        rabbitmq_node: health.link.node(),
+    };
+    let status = if readiness.is_ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "consuming": consuming, "postgres": postgres })),
-    )
+    (status, Json(readiness))
 }

@@ -38,11 +38,10 @@ impl Subscription {
         queue: &str,
         tag: &str,
         prefetch: u16,
+        replicas: Option<u16>,
     ) -> Result<Subscription, Fault> {
+        broker::declare(link, queue, replicas).await?;
         let channel = link.channel().await?;
-        broker::declare(&channel, queue)
-            .await
-            .map_err(Fault::outage)?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;

@@ -40,6 +40,7 @@ pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>
     let readiness = Readiness {
         postgres,
         rabbitmq: app.amqp.ensure().await,
+        rabbitmq_node: app.amqp.node(),
     };
     let status = if readiness.is_ready() {
         StatusCode::OK

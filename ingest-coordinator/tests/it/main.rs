@@ -2,6 +2,8 @@
 //! PostgreSQL and RabbitMQ (each test on a database and queues of its own, from
 //! `ingest-testkit`).
 
+mod broker_cluster;
+mod failover;
 mod faults;
 mod fleet;
 mod merge;

@@ -51,11 +51,11 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
         ))
         .await
         .unwrap();
-    let connection = ingest_testkit::amqp_connection("an older coordinator").await;
-    let channel = connection.create_channel().await.unwrap();
-    ingest_core::broker::declare(&channel, &env.queue)
+    let link = ingest_testkit::amqp_link("an older coordinator").await;
+    ingest_core::broker::declare(&link, &env.queue, None)
         .await
         .unwrap();
+    let channel = link.channel().await.unwrap();
     for seq in 0..CHUNKS {
         // A chunk's binary COPY stream, as PostgreSQL itself writes it.
         let rows = format!(
@@ -103,7 +103,7 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
             .await
             .unwrap();
     }
-    let _ = connection.close(200, "upgraded".into()).await;
+    link.close("upgraded").await;
     let total = ROWS * i64::from(CHUNKS);
     assert_eq!(
         ledger::finish_receiving(
