@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The chaos run: big batches through real faults, judged against the file.
 #
-#   scripts/chaos.sh [--rows N] [--mode loading|upload|fleet] [--dir DIR] [--no-build]
+#   scripts/chaos.sh [--rows N] [--mode loading|upload|fleet|failover] [--dir DIR] [--no-build]
 #
 # --mode loading and --mode upload: one coordinator and 3 workers (release binaries) on the local
 # PostgreSQL and RabbitMQ; N generated rows (default 8,000,000, real port codes) submitted with
@@ -62,10 +62,10 @@ while [ $# -gt 0 ]; do
     --mode) mode=$2; shift 2 ;;
     --dir) dir=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    *) echo "usage: scripts/chaos.sh [--rows N] [--mode loading|upload|fleet] [--dir DIR] [--no-build]" >&2; exit 2 ;;
+    *) echo "usage: scripts/chaos.sh [--rows N] [--mode loading|upload|fleet|failover] [--dir DIR] [--no-build]" >&2; exit 2 ;;
   esac
 done
-case "$mode" in loading|upload|fleet) ;; *) echo "chaos: --mode is loading, upload or fleet" >&2; exit 2 ;; esac
+case "$mode" in loading|upload|fleet|failover) ;; *) echo "chaos: --mode is loading, upload, fleet or failover" >&2; exit 2 ;; esac
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -85,12 +85,35 @@ export RUST_LOG=info,lapin=warn
 export INGEST_CHUNK_ROWS=${INGEST_CHUNK_ROWS:-10000}
 export INGEST_WORKER_CONCURRENCY=${INGEST_WORKER_CONCURRENCY:-1}
 bin=target/release
+# --mode failover: a 3-node RabbitMQ cluster and a PostgreSQL primary + synchronous standby of
+# their own (scripts/cluster/*.sh), on ports no other run uses (the tests' cluster is on 5681,
+# their pairs on random ports); AMQP_URL is set once the cluster is up.
+rmq_base=5691
+pg_ports=5461,5462
+pg_state=/tmp/ingest-cluster/postgres-${pg_ports%%,*}
+pg_bin=/usr/lib/postgresql/$pg_version/bin
+if [ "$mode" = failover ]; then
+  export DATABASE_URL="postgres://postgres@127.0.0.1:${pg_ports%%,*},127.0.0.1:${pg_ports##*,}/$db?target_session_attrs=read-write"
+  export INGEST_LEASE_SECONDS=${INGEST_LEASE_SECONDS:-20}
+  export PGCONNECT_TIMEOUT=5
+  unset INGEST_AMQP_IN_ORDER
+fi
 
 log() { printf '%s chaos: %s\n' "$(date +%H:%M:%S)" "$*"; }
-# Empty when PostgreSQL does not answer (never fails the script).
-psql_q() { psql -h 127.0.0.1 -U postgres -d "$db" -Atqc "$1" 2>/dev/null || true; }
+# Empty when PostgreSQL does not answer (never fails the script). In --mode failover, it asks
+# whichever of the pair takes writes (target_session_attrs=read-write).
+psql_q() { psql -d "$DATABASE_URL" -Atqc "$1" 2>/dev/null || true; }
+# The run's database takes queries (in --mode failover: a primary of the pair answers).
+database_answers() {
+  if [ "$mode" = failover ]; then
+    psql -d "$DATABASE_URL" -Atqc 'SELECT 1' >/dev/null 2>&1
+  else
+    pg_isready -q -h 127.0.0.1 -p 5432
+  fi
+}
 
 coordinator_pid=""
+clusters_started=0
 worker_pids=()
 submit_pid=""
 workers_started=0
@@ -132,6 +155,12 @@ cleanup() {
   for pid in "${pids[@]}"; do
     [ -n "$pid" ] && kill_now "$pid"
   done
+  # --mode failover: the clusters it started are ended and their state folders removed (their
+  # own stop commands; they thaw whatever is frozen first).
+  if [ "$clusters_started" = 1 ]; then
+    rmq stop || log "rabbitmq.sh stop failed"
+    pgpair stop || log "postgres.sh stop failed"
+  fi
   ensure_services
 }
 trap cleanup EXIT
@@ -141,9 +170,9 @@ trap 'exit 143' TERM
 
 # --- The batch's state, by its Idempotency-Key ("" while PostgreSQL or the batch is not there).
 batch_row() { psql_q "SELECT id || ' ' || state FROM batches WHERE idempotency_key = '$key'"; }
-# "loading, 12/160 chunks loaded"
+# "loading, 12/160 chunks loaded", "committing (index), 160/160 chunks loaded"
 batch_progress() {
-  psql_q "SELECT b.state || ', ' || count(c.seq) FILTER (WHERE c.state = 'loaded') || '/'
+  psql_q "SELECT b.state || coalesce(' (' || b.commit_step || ')', '') || ', ' || count(c.seq) FILTER (WHERE c.state = 'loaded') || '/'
                  || coalesce(b.chunks_total::text, count(c.seq) || '+') || ' chunks loaded'
           FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id
           WHERE b.idempotency_key = '$key' GROUP BY b.id"
@@ -175,7 +204,7 @@ fault() {
   progress=$(batch_progress)
   if [ -n "$progress" ]; then
     last_progress=$progress
-  elif ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  elif ! database_answers; then
     progress="$last_progress; PostgreSQL down"
   fi
   case "$progress" in
@@ -211,6 +240,158 @@ long_outages() {
   (sleep 60; rabbitmqctl -q start_app) &
   local rabbitmq_back=$!
   wait "$postgres_back" "$rabbitmq_back"
+}
+
+# --- The failover mode: the clusters' own scripts on this run's ports (see the header).
+rmq() { scripts/cluster/rabbitmq.sh --base-port "$rmq_base" "$@"; }
+pgpair() { scripts/cluster/postgres.sh --ports "$pg_ports" "$@"; }
+failover_checks=()   # what the clusters showed: "ok ..." or "FAIL ..."
+standby_rebuilds=0
+
+start_clusters() {
+  clusters_started=1
+  # Whatever a run cut short left on these ports is ended first: the cluster and the pair are
+  # fresh (their state folders removed by their stop commands).
+  rmq stop
+  pgpair stop
+  log "starting a 3-node RabbitMQ cluster (base port $rmq_base)"
+  AMQP_URL=$(rmq start)
+  export AMQP_URL
+  log "starting a PostgreSQL primary and synchronous standby (ports $pg_ports)"
+  pgpair start --sync >/dev/null
+  log "AMQP_URL=$AMQP_URL"
+  log "DATABASE_URL=$DATABASE_URL"
+  psql -d "postgres://postgres@127.0.0.1:${pg_ports%%,*}/postgres" -qc "CREATE DATABASE $db"
+}
+# "primary 5461; 5461 primary; 5462 standby; replication standby1 streaming sync"
+pair_status() { pgpair status 2>/dev/null | paste -sd';' | sed 's/;/; /g'; }
+pair_primary() { pgpair status 2>/dev/null | awk '$1 == "primary" { print $2 }'; }
+# The node (1..3) leading the chunk queue; "" when no node says.
+queue_leader() { rmq leader "$queue" 2>/dev/null || true; }
+
+# rmq_stop_start N: stop_app on node N, ~5 s down (a worker SIGKILL halfway), then start_app,
+# waiting for the node to boot.
+rmq_stop_start() {
+  local n=$1
+  rmq stop-node "$n" || { failover_checks+=("FAIL: stop_app on node $n failed"); return 0; }
+  sleep 2.5
+  fault "worker SIGKILL" kill_worker
+  sleep 2.5
+  local since=$SECONDS
+  if rmq start-node "$n"; then
+    failover_checks+=("ok: RabbitMQ node $n started again and booted in $((SECONDS - since)) s")
+    log "RabbitMQ node $n is back (leader of $queue now: node $(queue_leader))"
+  else
+    failover_checks+=("FAIL: RabbitMQ node $n did not start again")
+  fi
+}
+# A failover of the pair (postgres.sh: the primary killed, the standby promoted, freed of
+# synchronous_standby_names). The run cannot go on without it: a failure ends it.
+pg_failover() {
+  local before after since=$SECONDS
+  before=$(pair_primary)
+  pgpair failover || { log "postgres.sh failover failed: $(pair_status)"; exit 1; }
+  after=$(pair_primary)
+  failover_checks+=("ok: PostgreSQL failover $before -> $after in $((SECONDS - since)) s")
+  log "PostgreSQL primary now on $after ($(pair_status))"
+}
+# A new synchronous standby for the pair, from its primary (postgres.sh has no command for it):
+# pg_basebackup into a new folder under the pair's state folder, the dead server's folder
+# removed and the new one put in its place (postgres.sh knows a server by its port's folder:
+# primary for the first port, standby for the second; so its failover, status and stop work on
+# the new server), started with pg_ctl on the freed port; then, once it streams, the primary's
+# synchronous_standby_names set back to standby1 and a wait until it is sync and has flushed
+# everything the primary had written.
+rebuild_standby() {
+  local primary free folder new lsn since=$SECONDS
+  primary=$(pair_primary)
+  [ -n "$primary" ] || { failover_checks+=("FAIL: no primary to rebuild a standby from"); return 1; }
+  if [ "$primary" = "${pg_ports%%,*}" ]; then free=${pg_ports##*,}; folder=$pg_state/standby
+  else free=${pg_ports%%,*}; folder=$pg_state/primary; fi
+  if pg_isready -q -h 127.0.0.1 -p "$free"; then
+    failover_checks+=("FAIL: port $free still answers: no standby rebuilt"); return 1
+  fi
+  standby_rebuilds=$((standby_rebuilds + 1))
+  new=$pg_state/rebuilt-$standby_rebuilds
+  log "rebuilding a standby on $free from the primary on $primary (pg_basebackup into $new)"
+  rm -rf "$new"
+  (cd /tmp && runuser -u postgres -- "$pg_bin/pg_basebackup" -D "$new" -R -X stream \
+     -C -S "rebuilt$standby_rebuilds" --no-sync \
+     -d "host=127.0.0.1 port=$primary user=postgres application_name=standby1") \
+    || { failover_checks+=("FAIL: pg_basebackup from $primary failed"); return 1; }
+  # The copied configuration is the primary's: the standby gets its own port.
+  printf '\n# rebuilt by scripts/chaos.sh\nport = %s\n' "$free" >>"$new/postgresql.conf"
+  rm -rf "$folder"
+  mv "$new" "$folder"
+  (cd /tmp && runuser -u postgres -- "$pg_bin/pg_ctl" -D "$folder" \
+     -l "$pg_state/rebuilt-$standby_rebuilds.log" -w -t 60 start >/dev/null) \
+    || { failover_checks+=("FAIL: the rebuilt standby on $free did not start"); return 1; }
+  local ask="psql -X -h 127.0.0.1 -p $primary -U postgres -d postgres -Atqc"
+  wait_for 60 sh -c "[ \"\$($ask \"SELECT state FROM pg_stat_replication
+                                     WHERE application_name = 'standby1'\")\" = streaming ]" \
+    || { failover_checks+=("FAIL: the rebuilt standby on $free did not stream"); return 1; }
+  $ask "ALTER SYSTEM SET synchronous_standby_names = 'standby1'" >/dev/null
+  $ask "SELECT pg_reload_conf()" >/dev/null
+  lsn=$($ask "SELECT pg_current_wal_lsn()")
+  wait_for 60 sh -c "[ \"\$($ask \"SELECT sync_state = 'sync' AND flush_lsn >= '$lsn'
+                                     FROM pg_stat_replication WHERE application_name = 'standby1'\")\" = t ]" \
+    || { failover_checks+=("FAIL: the rebuilt standby on $free did not become sync"); return 1; }
+  failover_checks+=("ok: standby rebuilt on $free from $primary in $((SECONDS - since)) s, sync ($(pair_status))")
+  log "standby rebuilt on $free in $((SECONDS - since)) s: $(pair_status)"
+}
+# Worker SIGKILLs every 2 s while the batch loads, until it is committing (true) or over (false).
+until_committing() {
+  local last=$SECONDS state deadline=$((SECONDS + 1800))
+  while ((SECONDS < deadline)); do
+    state=$(batch_state)
+    case "$state" in
+      committing) return 0 ;;
+      committed|failed|cancelled) return 1 ;;
+    esac
+    if ((SECONDS - last >= 2)) && [ "$state" = loading ]; then
+      fault "worker SIGKILL" kill_worker
+      last=$SECONDS
+    fi
+    sleep 0.1
+  done
+  return 1
+}
+# The node to stop second: the queue's leader now, unless it is the node stopped first (then the
+# next one).
+# second_node FIRST LEADER
+second_node() {
+  if [ -n "$2" ] && [ "$2" != "$1" ]; then echo "$2"; else echo $(( $1 % 3 + 1 )); fi
+}
+# leading NODE LEADER: how the fault names the node.
+leading() {
+  if [ "$1" = "$2" ]; then echo "leader of $queue"; else echo "not the leader of $queue (node ${2:-?})"; fi
+}
+
+failover_faults() {
+  local first second leader
+  fault "worker SIGKILL" kill_worker
+  sleep 1
+  leader=$(queue_leader)
+  first=${leader:-1}
+  fault "RabbitMQ node $first stop_app, $(leading "$first" "$leader")" rmq_stop_start "$first"
+  sleep 1
+  fault "PostgreSQL failover while loading" pg_failover
+  sleep 1
+  fault "worker SIGKILL" kill_worker
+  sleep 1
+  leader=$(queue_leader)
+  second=$(second_node "$first" "$leader")
+  fault "RabbitMQ node $second stop_app, $(leading "$second" "$leader")" rmq_stop_start "$second"
+  rebuild_standby || true
+  if until_committing; then
+    if [ ${#failover_checks[@]} -gt 0 ] && printf '%s\n' "${failover_checks[@]}" | grep -q '^ok: standby rebuilt'; then
+      fault "PostgreSQL failover while committing" pg_failover
+    else
+      missed+=("PostgreSQL failover while committing (no standby to fail over to)")
+    fi
+  else
+    missed+=("PostgreSQL failover while committing (the batch was $(batch_state) before it committed)")
+  fi
 }
 
 # --- The fleet mode: two coordinators on one database and queue, three workers, the fleet's
@@ -547,7 +728,7 @@ run_fleet() {
     fleet_submit_of[$name]=$!
     fleet_submits+=("$!")
   done
-  wait_for 300 sh -c "[ \"\$(psql -h 127.0.0.1 -U postgres -d $db -Atqc \
+  wait_for 300 sh -c "[ \"\$(psql -d '$DATABASE_URL' -Atqc \
     \"SELECT count(DISTINCT b.id) FROM batches b JOIN chunks c ON c.batch_id = b.id
       WHERE b.idempotency_key IN ('${fleet_keys[a]}', '${fleet_keys[b]}')\" 2>/dev/null || echo 0)\" -ge 2 ]" \
     || { log "the uploads did not start"; exit 1; }
@@ -705,11 +886,17 @@ if [ ! -s "$file" ]; then
   mv "$file.tmp" "$file"
 fi
 [ -s "$file.sum" ] || python3 scripts/rates.py checksum "$file" >"$file.sum"
-log "fresh database $db and queue $queue"
-psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-rabbitmqctl -q delete_queue "$queue.dead" >/dev/null 2>&1 || true
 rm -rf "$dir"/*.log
+if [ "$mode" = failover ]; then
+  # The clusters are fresh: the database is created on the primary, the queue by the
+  # coordinator. The machine's own PostgreSQL and RabbitMQ are not touched.
+  start_clusters
+else
+  log "fresh database $db and queue $queue"
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+  rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
+  rabbitmqctl -q delete_queue "$queue.dead" >/dev/null 2>&1 || true
+fi
 "$bin/ingest-coordinator" seed --data-dir data/ratestask >/dev/null
 if [ "$mode" = fleet ]; then run_fleet; fi
 start_coordinator
@@ -725,7 +912,7 @@ submit_pid=$!
 disown
 
 if [ "$mode" = upload ]; then
-  wait_for 300 sh -c "[ \"\$(psql -h 127.0.0.1 -U postgres -d $db -Atqc \
+  wait_for 300 sh -c "[ \"\$(psql -d '$DATABASE_URL' -Atqc \
     \"SELECT count(*) FROM chunks c JOIN batches b ON b.id = c.batch_id
       WHERE b.idempotency_key = '$key' AND b.state = 'receiving'\" 2>/dev/null || echo 0)\" -ge 3 ]" \
     || { log "the upload did not start"; exit 1; }
@@ -733,14 +920,14 @@ if [ "$mode" = upload ]; then
   sleep 2
   fault "coordinator SIGKILL and restart" restart_coordinator
 fi
-wait_for 1800 sh -c "case \"\$(psql -h 127.0.0.1 -U postgres -d $db -Atqc \
+wait_for 1800 sh -c "case \"\$(psql -d '$DATABASE_URL' -Atqc \
   \"SELECT state FROM batches WHERE idempotency_key = '$key'\" 2>/dev/null)\" in
   loading|committing|committed|failed|cancelled) exit 0;; *) exit 1;; esac" \
   || { log "the upload never completed"; exit 1; }
 log "upload complete after $((SECONDS - started)) s: batch $(batch_progress)"
-if [ "$mode" = loading ]; then
+if [ "$mode" = loading ] || [ "$mode" = failover ]; then
   start_workers
-  wait_for 300 sh -c "[ \"\$(psql -h 127.0.0.1 -U postgres -d $db -Atqc \
+  wait_for 300 sh -c "[ \"\$(psql -d '$DATABASE_URL' -Atqc \
     \"SELECT count(*) FROM chunks c JOIN batches b ON b.id = c.batch_id
       WHERE b.idempotency_key = '$key' AND c.state = 'loaded'\" 2>/dev/null || echo 0)\" -ge 1 ]" \
     || { log "the workers did not start loading"; exit 1; }
@@ -760,6 +947,8 @@ if [ "$mode" = loading ]; then
   sleep 1
   fault "coordinator SIGKILL and restart" restart_coordinator
   long_outages
+elif [ "$mode" = failover ]; then
+  failover_faults
 else
   # The workers loaded while the file came in, so the commit starts about now (since chunks go
   # straight into their parts, the last one is loaded as the upload ends). PostgreSQL goes down
@@ -789,6 +978,11 @@ if [ ${#missed[@]} -gt 0 ]; then
   echo "faults that did not land (the batch was no longer open):"
   printf '  %s\n' "${missed[@]}"
 fi
+if [ "$mode" = failover ]; then
+  echo "what the clusters showed:"
+  printf '  %s\n' "${failover_checks[@]}"
+  echo "  PostgreSQL at the end: $(pair_status)"
+fi
 psql_q "SELECT 'chunks: ' || count(*) || ', deliveries beyond the first: ' || sum(attempts - 1)
         || ', refused attempts: ' || sum(failures) FROM chunks c JOIN batches b ON b.id = c.batch_id
         WHERE b.idempotency_key = '$key'"
@@ -800,6 +994,12 @@ echo "$verdict"
 
 kinds=("worker SIGKILL" "RabbitMQ stop_app/start_app" "PostgreSQL fast restart"
        "coordinator SIGKILL and restart" "PostgreSQL stopped 30 s" "RabbitMQ stopped 60 s")
+# --mode failover: each failover must meet the batch in the state it is named after, and two
+# different RabbitMQ nodes must have been stopped with the batch open.
+if [ "$mode" = failover ]; then
+  kinds=("worker SIGKILL" "PostgreSQL failover while loading (batch loading"
+         "PostgreSQL failover while committing (batch committing")
+fi
 ok=1
 for kind in "${kinds[@]}"; do
   if ! printf '%s\n' "${landed[@]}" | grep -qF "$kind ("; then
@@ -807,6 +1007,16 @@ for kind in "${kinds[@]}"; do
     ok=0
   fi
 done
+if [ "$mode" = failover ]; then
+  nodes_stopped=$(printf '%s\n' "${landed[@]}" | sed -n 's/^RabbitMQ node \([123]\) stop_app.*/\1/p' | sort -u | wc -l)
+  if [ "$nodes_stopped" -lt 2 ]; then
+    echo "FAIL: $nodes_stopped RabbitMQ node(s) stopped with the batch open, not 2"
+    ok=0
+  fi
+  for line in "${failover_checks[@]}"; do
+    case "$line" in FAIL*) echo "$line"; ok=0 ;; esac
+  done
+fi
 [ "$state" = committed ] || { echo "FAIL: the batch is ${state:-missing}, not committed"; ok=0; }
 case "$verdict" in "lost=0 duplicated=0 differing_days=0") ;; *) echo "FAIL: prices differ from the file"; ok=0 ;; esac
 if [ $ok = 1 ]; then

@@ -266,11 +266,17 @@ async fn conclude(
     );
     // Tried again after an outage: the state it returns is the truth even when the first
     // try's update committed and only its answer was lost.
-    let state = ride_through(patience, "recording a received batch", move || async move {
+    let finished = ride_through(patience, "recording a received batch", move || async move {
         let client = pool.get().await?;
         Ok(ledger::finish_receiving(&client, batch_id, received).await?)
     })
     .await?;
+    let state = match finished {
+        ledger::Finished::State(state) => state,
+        ledger::Finished::MissingChunks { recorded, cut } => {
+            return lost_chunks(app, batch_id, recorded, cut).await;
+        }
+    };
     app.commit_wakeup.notify_one();
     let status = status_of(app, batch_id).await?;
     if !matches!(
@@ -303,6 +309,31 @@ async fn ended_meanwhile(app: &AppState, batch_id: BatchId) -> Result<Received, 
         "batch {batch_id} ended while its upload came in: {}",
         status.error.as_deref().unwrap_or("no reason recorded")
     )))
+}
+
+/// The ledger lost chunks this upload recorded (a failover to a standby that had not received
+/// them): the batch cannot be loaded whole. It fails, its key released, and the request gets an
+/// outage (503) so that the client sends the file again.
+async fn lost_chunks(
+    app: &AppState,
+    batch_id: BatchId,
+    recorded: u32,
+    cut: u32,
+) -> Result<Received, Fault> {
+    let error = format!(
+        "the ledger lost {} of the {cut} chunks this upload recorded (a PostgreSQL failover to a \
+         standby that had not received them); send the file again",
+        cut.saturating_sub(recorded)
+    );
+    tracing::warn!(%batch_id, %error, "chunks lost while the upload came in");
+    let ending = &Ending::upload_lost(error.clone());
+    ride_through(
+        app.config.upload_patience(),
+        "recording an upload whose chunks were lost",
+        move || async move { app.end_batch(batch_id, ending).await },
+    )
+    .await?;
+    Err(Fault::outage(format!("batch {batch_id}: {error}")))
 }
 
 /// The failure to record for a refused upload.

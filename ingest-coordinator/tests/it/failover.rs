@@ -188,3 +188,67 @@ async fn an_asynchronous_standby_promoted_without_some_loaded_chunks_loads_them_
     assert_loading_again(&env).await;
     drop(worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_asynchronous_standby_promoted_without_chunks_of_an_upload_fails_it_and_frees_its_key() {
+    let pair = PostgresPair::start(false);
+    let mut env = on_pair(&pair, Options::default()).await;
+    const ROWS: u64 = 300_000;
+    const KEY: &str = "async-failover-upload";
+    let codes = rates_file::port_codes(&ingest_testkit::data_dir());
+    // A slow client (3 s at least): the failover lands while the file comes in.
+    let body = rates_file::paced(codes, 97, ROWS, Duration::from_millis(100));
+    let recorded_at_least = |at_least: i64| {
+        let url = env.database_url.clone();
+        async move {
+            let client = &ingest_core::db::connect(&url).await.unwrap();
+            poll("chunks to be recorded", WITHIN, || async move {
+                let recorded: i64 = client
+                    .query_one("SELECT count(*) FROM chunks", &[])
+                    .await
+                    .ok()?
+                    .get(0);
+                (recorded >= at_least).then_some(())
+            })
+            .await;
+        }
+    };
+    let ((code, answer), ()) =
+        tokio::join!(env.submit_with(body, &[("idempotency-key", KEY)]), async {
+            recorded_at_least(5).await;
+            tokio::task::block_in_place(|| pair.pause_replication());
+            // Chunks recorded from here on never reach the standby; the upload goes on.
+            recorded_at_least(12).await;
+            tokio::task::block_in_place(|| pair.failover());
+        });
+    assert_eq!(code, 503, "{answer:?}");
+    env.reconnect_db().await;
+    let row = env
+        .db
+        .query_one(
+            "SELECT id, state, error, idempotency_key FROM batches ORDER BY id LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (state, error, key): (String, String, Option<String>) =
+        (row.get(1), row.get(2), row.get(3));
+    assert_eq!(state, "failed");
+    assert!(
+        error.starts_with("the ledger lost ") && error.contains("PostgreSQL failover"),
+        "{error}"
+    );
+    assert_eq!(key, None, "the key is released");
+
+    // The client sends the file again with its key: a new batch, loaded whole.
+    let file = rates_file::whole(
+        &rates_file::port_codes(&ingest_testkit::data_dir()),
+        97,
+        ROWS,
+    );
+    let (code, answer) = env.submit_with(file, &[("idempotency-key", KEY)]).await;
+    assert_eq!(code, 202, "{answer:?}");
+    assert_ne!(answer.id().get(), row.get::<_, i64>(0));
+    env.start_workers(2);
+    assert_committed_exactly(&env, answer.id(), 97, ROWS).await;
+}

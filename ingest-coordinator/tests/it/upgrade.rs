@@ -118,7 +118,7 @@ async fn a_batch_staged_before_parts_by_chunk_is_loaded_and_committed_after_the_
         )
         .await
         .unwrap(),
-        Some(BatchState::Loading)
+        ingest_core::ledger::Finished::State(Some(BatchState::Loading))
     );
 
     // The new coordinator migrates, the new workers take the messages and copy the streams they

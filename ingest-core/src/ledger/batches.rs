@@ -67,20 +67,37 @@ pub struct Received<'a> {
     pub sha256: &'a str,
 }
 
-/// The upload is complete and every chunk is recorded: `receiving → loading`. Returns the
-/// batch's state afterwards, so that a repeated call whose first reply was lost (the update
-/// committed, the connection broke before its answer came) tells the truth: `loading` or later,
-/// not "no longer receiving". `None` for an unknown batch.
+/// What [`finish_receiving`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The batch's state afterwards (`None` for an unknown batch).
+    State(Option<BatchState>),
+    /// The batch is still `receiving`, but the ledger holds fewer of its chunks than the upload
+    /// recorded: some records were lost — a PostgreSQL failover to a standby that had not
+    /// received them (asynchronous replication) — while the upload went on on the new primary.
+    MissingChunks {
+        /// Chunks the ledger holds.
+        recorded: u32,
+        /// Chunks the upload recorded.
+        cut: u32,
+    },
+}
+
+/// The upload is complete and every chunk is recorded: `receiving → loading`, provided the
+/// ledger holds every chunk the upload recorded. Returns the batch's state afterwards, so that a
+/// repeated call whose first reply was lost (the update committed, the connection broke before
+/// its answer came) tells the truth: `loading` or later, not "no longer receiving".
 pub async fn finish_receiving(
     client: &Client,
     batch_id: BatchId,
     received: &Received<'_>,
-) -> Result<Option<BatchState>, tokio_postgres::Error> {
+) -> Result<Finished, tokio_postgres::Error> {
     let updated = client
         .execute(
             "UPDATE batches SET state = $2, rows_total = $3, chunks_total = $4,
                     bytes_received = $5, content_sha256 = $6, received_at = now()
-             WHERE id = $1 AND state = $7",
+             WHERE id = $1 AND state = $7
+               AND (SELECT count(*)::int FROM chunks WHERE batch_id = $1) = $4",
             &[
                 &batch_id.get(),
                 &BatchState::Loading.as_str(),
@@ -93,9 +110,23 @@ pub async fn finish_receiving(
         )
         .await?;
     if updated == 1 {
-        return Ok(Some(BatchState::Loading));
+        return Ok(Finished::State(Some(BatchState::Loading)));
     }
-    batch_state(client, batch_id).await
+    let state = batch_state(client, batch_id).await?;
+    if state == Some(BatchState::Receiving) {
+        let recorded: i64 = client
+            .query_one(
+                "SELECT count(*) FROM chunks WHERE batch_id = $1",
+                &[&batch_id.get()],
+            )
+            .await?
+            .get(0);
+        return Ok(Finished::MissingChunks {
+            recorded: u32::try_from(recorded).unwrap_or(u32::MAX),
+            cut: received.chunks,
+        });
+    }
+    Ok(Finished::State(state))
 }
 
 /// Why a batch ends without being committed.
