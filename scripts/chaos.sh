@@ -316,7 +316,7 @@ rebuild_standby() {
   log "rebuilding a standby on $free from the primary on $primary (pg_basebackup into $new)"
   rm -rf "$new"
   (cd /tmp && runuser -u postgres -- "$pg_bin/pg_basebackup" -D "$new" -R -X stream \
-     -C -S "rebuilt$standby_rebuilds" --no-sync \
+     -C -S "rebuilt$standby_rebuilds" --no-sync --checkpoint=fast \
      -d "host=127.0.0.1 port=$primary user=postgres application_name=standby1") \
     || { failover_checks+=("FAIL: pg_basebackup from $primary failed"); return 1; }
   # The copied configuration is the primary's: the standby gets its own port.

@@ -464,6 +464,29 @@ impl TestEnv {
         (row.get(0), row.get(1))
     }
 
+    /// A loaded batch whose commit will wait at its index build: the batch's coordinator is
+    /// stopped before its chunks are all loaded (the workers are started here), and a session of
+    /// its own holds the batch's staging table locked (in an open transaction, until it commits
+    /// or is dropped). Start the coordinator again to see the commit wait.
+    pub async fn hold_commit_at_index(
+        &mut self,
+        id: BatchId,
+        within: Duration,
+    ) -> tokio_postgres::Client {
+        self.stop_coordinator().await;
+        self.start_workers(2);
+        self.wait_loaded(id, within).await;
+        let holder = db::connect(&self.database_url).await.expect("holder");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
+                ingest_core::schema::staging_table(id)
+            ))
+            .await
+            .expect("the staging table locked");
+        holder
+    }
+
     /// Per day: (rows, sum of prices) of one batch as readers see it (compare with
     /// [`rates_file::expected_by_day`]).
     pub async fn batch_by_day(

@@ -9,7 +9,6 @@
 //! file — and the workers loading again (a second batch commits).
 
 use ingest_core::chunk::ChunkState;
-use ingest_core::schema;
 use ingest_testkit::cluster::PostgresPair;
 use ingest_testkit::process::{sibling_binary, start_worker_with, Frozen};
 use ingest_testkit::{poll, rates_file, Options, TestEnv};
@@ -82,19 +81,9 @@ async fn a_failover_during_the_commit_commits_once() {
     let mut env = on_pair(&pair, Options::default()).await;
     const ROWS: u64 = 60_000;
     let id = env.submit_generated(93, ROWS).await;
-    env.stop_coordinator().await;
-    env.start_workers(2);
-    env.wait_loaded(id, WITHIN).await;
     // The commit is held at its index build (the staging table locked by a session of the
     // test), and the primary dies under it; the lock dies with it.
-    let holder = ingest_core::db::connect(&env.database_url).await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-            schema::staging_table(id)
-        ))
-        .await
-        .unwrap();
+    let holder = env.hold_commit_at_index(id, WITHIN).await;
     env.start_coordinator().await;
     let env_ref = &env;
     poll("the commit to reach its index", WITHIN, || async move {

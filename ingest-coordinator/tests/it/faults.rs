@@ -481,21 +481,10 @@ async fn the_status_says_where_a_commit_is() {
     })
     .await;
     let id = env.submit_generated(81, 20_000).await;
-    env.stop_coordinator().await;
-    env.start_workers(2);
-    env.wait_loaded(id, FINAL_WITHIN).await;
-
     // Hold the commit at its index build (the staging table and so its parts locked), then at
     // its foreign keys (`ports` locked against adding a key), then at its attach
     // (`prices_by_batch` locked against ATTACH; readers are not blocked by these locks).
-    let holder = ingest_core::db::connect(&env.database_url).await.unwrap();
-    holder
-        .batch_execute(&format!(
-            "BEGIN; LOCK TABLE {} IN ACCESS EXCLUSIVE MODE",
-            schema::staging_table(id)
-        ))
-        .await
-        .unwrap();
+    let holder = env.hold_commit_at_index(id, FINAL_WITHIN).await;
     env.start_coordinator().await;
     let at_index = wait_for_commit_step(&env, id, CommitStep::Index).await;
     assert_eq!(at_index.state, BatchState::Committing);
