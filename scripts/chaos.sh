@@ -41,13 +41,43 @@
 # frozen while the file came in: its key released, the file sent again) is counted and reported;
 # any other failed batch fails the run.
 #
+# --mode failover: the machine's own PostgreSQL and RabbitMQ are not touched. A 3-node RabbitMQ
+# cluster (scripts/cluster/rabbitmq.sh --base-port 5691: AMQP on 5691–5693) and a PostgreSQL
+# primary with a synchronous standby (scripts/cluster/postgres.sh --ports 5461,5462) are started
+# fresh (what a run cut short left on those ports stopped first); ingest_chaos is created on the
+# primary and seeded (migrated) through DATABASE_URL =
+# postgres://postgres@127.0.0.1:5461,127.0.0.1:5462/ingest_chaos?target_session_attrs=read-write,
+# and AMQP_URL is the three nodes' URLs (each process starts at a node picked at random). One
+# coordinator and 3 workers (worker lease INGEST_LEASE_SECONDS, 20 s unless set); the file is cut
+# into 2,000 chunks (rows / 2,000 a chunk, 500 to 10,000, unless INGEST_CHUNK_ROWS is set) so
+# that even 1M rows load long enough for the faults. Submitted as in --mode loading (the workers
+# start once the upload is in); from the first chunk loaded, on two lanes at once:
+#   RabbitMQ (in the background): the node leading ingest.chaos (`rabbitmq.sh leader`) stopped
+#     (stop_app), started again 5 s after (start-node, booted), then another node — the queue's
+#     leader by then — the same way;
+#   PostgreSQL and the workers: worker SIGKILL · failover while loading (`postgres.sh failover`:
+#     the primary killed, the standby promoted) · worker SIGKILL · a new synchronous standby
+#     rebuilt from the new primary · worker SIGKILLs every 2 s until the commit is under way ·
+#     failover while committing · worker SIGKILLs every 5 s until the batch ends.
+#   postgres.sh has no command to rebuild a standby, so the run does it itself: pg_basebackup
+#   from the new primary into a new folder under the pair's state folder, which then replaces
+#   the dead server's folder (postgres.sh knows its two servers by folder: `primary` for 5461,
+#   `standby` for 5462, so its failover, status and stop then work on the new server), started
+#   with pg_ctl on the freed port; once it streams, the primary's synchronous_standby_names is
+#   set back to standby1 and the run waits until it is sync and has flushed what the primary had.
+# The verdict also needs each failover to have met the batch in the state it is named after
+# (loading, committing), two different RabbitMQ nodes stopped with the batch open, every node
+# started again and the standby rebuilt. At the end the cluster and the pair are stopped with
+# their own stop commands (which remove their state folders under /tmp/ingest-cluster).
+#
 # A fault counts as landed when a batch was still open (not committed, failed or cancelled)
 # as it was applied. The verdict compares `prices` with the file per day (rows, sum of prices)
 # and exits 0 only when the batch(es) committed, nothing differs (lost=0 duplicated=0) and every
 # kind of fault landed. PostgreSQL and RabbitMQ are started again, SIGSTOPped processes thawed
 # and every process the run started stopped, whatever happens (a trap). The run uses its own
-# database (ingest_chaos) and queue (ingest.chaos), recreated each time. --no-build uses the
-# release binaries in target/release as they are instead of building them first.
+# database (ingest_chaos) and queue (ingest.chaos), recreated each time (--mode failover: on its
+# own cluster and pair, started fresh). --no-build uses the release binaries in target/release
+# as they are instead of building them first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -82,6 +112,14 @@ export INGEST_LISTEN="127.0.0.1:$port"
 export RUST_LOG=info,lapin=warn
 # Small chunks, one at a time per worker: 800 chunks of 10,000 rows keep deliveries in flight
 # for longer than 160 of 50,000 would, so worker kills and broker bounces meet chunks in hand.
+# --mode failover cuts the file into 2,000 chunks (rows / 2,000 a chunk, 500 to 10,000): a
+# chunk costs a worker about 20 ms beyond its rows here (its claim and its COPY each commit,
+# synchronously replicated), so 2,000 of them keep the batch loading for 10 s or more even at
+# 1M rows — long enough for its two RabbitMQ bounces (about 8–10 s from the first stop to the
+# second) and for the standby rebuilt before the commit.
+if [ "$mode" = failover ] && [ -z "${INGEST_CHUNK_ROWS:-}" ]; then
+  INGEST_CHUNK_ROWS=$(( rows / 2000 < 500 ? 500 : (rows / 2000 > 10000 ? 10000 : rows / 2000) ))
+fi
 export INGEST_CHUNK_ROWS=${INGEST_CHUNK_ROWS:-10000}
 export INGEST_WORKER_CONCURRENCY=${INGEST_WORKER_CONCURRENCY:-1}
 bin=target/release
@@ -155,8 +193,10 @@ cleanup() {
   for pid in "${pids[@]}"; do
     [ -n "$pid" ] && kill_now "$pid"
   done
-  # --mode failover: the clusters it started are ended and their state folders removed (their
-  # own stop commands; they thaw whatever is frozen first).
+  # --mode failover: its RabbitMQ lane, if still running, is ended (with the commands it runs),
+  # then the clusters it started and their state folders removed (their own stop commands; they
+  # thaw whatever is frozen first).
+  if [ -n "$rmq_lane_pid" ]; then kill_tree "$rmq_lane_pid"; fi
   if [ "$clusters_started" = 1 ]; then
     rmq stop || log "rabbitmq.sh stop failed"
     pgpair stop || log "postgres.sh stop failed"
@@ -207,9 +247,12 @@ fault() {
   elif ! database_answers; then
     progress="$last_progress; PostgreSQL down"
   fi
+  # --mode failover runs faults on two lanes at once: its entries carry the time, for the order.
+  local at=""
+  [ "$mode" = failover ] && at="$(date +%H:%M:%S) "
   case "$progress" in
-    receiving*|loading*|committing*) landed+=("$name (batch $progress)") ;;
-    *) missed+=("$name (batch ${progress:-not found})") ;;
+    receiving*|loading*|committing*) landed+=("$at$name (batch $progress)") ;;
+    *) missed+=("$at$name (batch ${progress:-not found})") ;;
   esac
   log "fault: $name (batch ${progress:-?})"
   "$@"
@@ -269,21 +312,83 @@ pair_primary() { pgpair status 2>/dev/null | awk '$1 == "primary" { print $2 }';
 # The node (1..3) leading the chunk queue; "" when no node says.
 queue_leader() { rmq leader "$queue" 2>/dev/null || true; }
 
-# rmq_stop_start N: stop_app on node N, ~5 s down (a worker SIGKILL halfway), then start_app,
-# waiting for the node to boot.
-rmq_stop_start() {
-  local n=$1
-  rmq stop-node "$n" || { failover_checks+=("FAIL: stop_app on node $n failed"); return 0; }
-  sleep 2.5
-  fault "worker SIGKILL" kill_worker
-  sleep 2.5
+# The RabbitMQ lane (--mode failover), run in the background beside the PostgreSQL faults and
+# the worker kills: node FIRST (the queue's leader) stopped (stop_app), ~5 s down, started again
+# (booted); then another node (the leader by then, elected while FIRST was down), the same. Its
+# faults and checks go to $rmq_lane_file ("landed|…", "missed|…", "check|…"), rewritten after
+# every step, for the verdict.
+rmq_lane_pid=""
+rmq_lane_file=""
+rmq_lane_flush() {
+  { [ ${#landed[@]} -eq 0 ] || printf 'landed|%s\n' "${landed[@]}"
+    [ ${#missed[@]} -eq 0 ] || printf 'missed|%s\n' "${missed[@]}"
+    [ ${#failover_checks[@]} -eq 0 ] || printf 'check|%s\n' "${failover_checks[@]}"
+  } >"$rmq_lane_file.tmp"
+  mv "$rmq_lane_file.tmp" "$rmq_lane_file"
+}
+# rmq_node_down N: stop_app on node N (a failure noted: the lane goes on).
+rmq_node_down() {
+  rmq stop-node "$1" || failover_checks+=("FAIL: stop_app on RabbitMQ node $1 failed")
+}
+# rmq_node_up N: start_app on node N, waiting for it to boot.
+rmq_node_up() {
   local since=$SECONDS
-  if rmq start-node "$n"; then
-    failover_checks+=("ok: RabbitMQ node $n started again and booted in $((SECONDS - since)) s")
-    log "RabbitMQ node $n is back (leader of $queue now: node $(queue_leader))"
+  if rmq start-node "$1"; then
+    failover_checks+=("ok: RabbitMQ node $1 started again and booted in $((SECONDS - since)) s")
   else
-    failover_checks+=("FAIL: RabbitMQ node $n did not start again")
+    failover_checks+=("FAIL: RabbitMQ node $1 did not start again")
   fi
+}
+rabbitmq_lane() {
+  local first=$1 second leader since
+  landed=() missed=() failover_checks=()
+  since=$(now_ms)
+  fault "RabbitMQ node $first stop_app, $(leading "$first" "$first")" rmq_node_down "$first"
+  rmq_lane_flush
+  # The new leader, elected while the node is down: the node stopped next.
+  leader=$(queue_leader)
+  log "RabbitMQ node $first is down; the leader of $queue now: node ${leader:-?}"
+  sleep_until $((since + 5000))
+  rmq_node_up "$first"
+  rmq_lane_flush
+  second=$(second_node "$first" "$leader")
+  since=$(now_ms)
+  fault "RabbitMQ node $second stop_app, $(leading "$second" "$leader")" rmq_node_down "$second"
+  rmq_lane_flush
+  sleep_until $((since + 5000))
+  rmq_node_up "$second"
+  rmq_lane_flush
+  log "RabbitMQ lane done: the leader of $queue now: node $(queue_leader)"
+}
+# sleep_until MS: sleeps until the clock (now_ms) reads MS.
+sleep_until() {
+  local left=$(( $1 - $(now_ms) ))
+  if ((left > 0)); then sleep "$((left / 1000)).$(printf '%03d' $((left % 1000)))"; fi
+}
+# Waits for the RabbitMQ lane to end (at most 300 s) and takes its faults and checks in.
+rmq_lane_join() {
+  [ -n "$rmq_lane_pid" ] || return 0
+  local deadline=$((SECONDS + 300))
+  while kill -0 "$rmq_lane_pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.5; done
+  if kill -0 "$rmq_lane_pid" 2>/dev/null; then
+    failover_checks+=("FAIL: the RabbitMQ lane had not ended after 300 s")
+    kill_tree "$rmq_lane_pid"
+  fi
+  rmq_lane_pid=""
+  local kind text
+  while IFS='|' read -r kind text; do
+    case "$kind" in
+      landed) landed+=("$text") ;;
+      missed) missed+=("$text") ;;
+      check) failover_checks+=("$text") ;;
+    esac
+  done <"$rmq_lane_file"
+}
+# kill_tree PID: SIGKILL to PID and every process under it (by pid), the children first.
+kill_tree() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+  kill -9 "$1" 2>/dev/null || true
 }
 # A failover of the pair (postgres.sh: the primary killed, the standby promoted, freed of
 # synchronous_standby_names). The run cannot go on without it: a failure ends it.
@@ -356,41 +461,39 @@ until_committing() {
   done
   return 1
 }
-# The node to stop second: the queue's leader now, unless it is the node stopped first (then the
-# next one).
-# second_node FIRST LEADER
+# second_node FIRST LEADER: the node to stop second: the leader, unless it is FIRST (or not
+# known): then the next one.
 second_node() {
   if [ -n "$2" ] && [ "$2" != "$1" ]; then echo "$2"; else echo $(( $1 % 3 + 1 )); fi
 }
 # leading NODE LEADER: how the fault names the node.
 leading() {
-  if [ "$1" = "$2" ]; then echo "leader of $queue"; else echo "not the leader of $queue (node ${2:-?})"; fi
+  if [ "$1" = "$2" ]; then echo "leader of $queue"; else echo "not the leader of $queue (node ${2:-?} is)"; fi
 }
 
+# The faults of --mode failover, from the first chunk loaded (the queue's leader, FIRST, asked
+# before the workers started): the RabbitMQ lane starts in the background; meanwhile a worker
+# SIGKILL, the failover while loading, a worker SIGKILL, the standby rebuilt, worker SIGKILLs
+# every 2 s until the commit is under way, the failover while committing.
 failover_faults() {
-  local first second leader
+  local first=${1:-1}
+  rmq_lane_file="$dir/rabbitmq-lane.faults"
+  rm -f "$rmq_lane_file"
+  rabbitmq_lane "$first" &
+  rmq_lane_pid=$!
   fault "worker SIGKILL" kill_worker
-  sleep 1
-  leader=$(queue_leader)
-  first=${leader:-1}
-  fault "RabbitMQ node $first stop_app, $(leading "$first" "$leader")" rmq_stop_start "$first"
-  sleep 1
   fault "PostgreSQL failover while loading" pg_failover
   sleep 1
   fault "worker SIGKILL" kill_worker
-  sleep 1
-  leader=$(queue_leader)
-  second=$(second_node "$first" "$leader")
-  fault "RabbitMQ node $second stop_app, $(leading "$second" "$leader")" rmq_stop_start "$second"
   rebuild_standby || true
   if until_committing; then
     if [ ${#failover_checks[@]} -gt 0 ] && printf '%s\n' "${failover_checks[@]}" | grep -q '^ok: standby rebuilt'; then
       fault "PostgreSQL failover while committing" pg_failover
     else
-      missed+=("PostgreSQL failover while committing (no standby to fail over to)")
+      missed+=("$(date +%H:%M:%S) PostgreSQL failover while committing (no standby to fail over to)")
     fi
   else
-    missed+=("PostgreSQL failover while committing (the batch was $(batch_state) before it committed)")
+    missed+=("$(date +%H:%M:%S) PostgreSQL failover while committing (the batch was $(batch_state) before it was committing)")
   fi
 }
 
@@ -926,6 +1029,9 @@ wait_for 1800 sh -c "case \"\$(psql -d '$DATABASE_URL' -Atqc \
   || { log "the upload never completed"; exit 1; }
 log "upload complete after $((SECONDS - started)) s: batch $(batch_progress)"
 if [ "$mode" = loading ] || [ "$mode" = failover ]; then
+  # (--mode failover: the node leading the chunk queue is asked now, so that it is stopped as
+  # soon as the workers load.)
+  if [ "$mode" = failover ]; then first_leader=$(queue_leader); log "the leader of $queue: node ${first_leader:-?}"; fi
   start_workers
   wait_for 300 sh -c "[ \"\$(psql -d '$DATABASE_URL' -Atqc \
     \"SELECT count(*) FROM chunks c JOIN batches b ON b.id = c.batch_id
@@ -948,7 +1054,7 @@ if [ "$mode" = loading ]; then
   fault "coordinator SIGKILL and restart" restart_coordinator
   long_outages
 elif [ "$mode" = failover ]; then
-  failover_faults
+  failover_faults "$first_leader"
 else
   # The workers loaded while the file came in, so the commit starts about now (since chunks go
   # straight into their parts, the last one is loaded as the upload ends). PostgreSQL goes down
@@ -963,6 +1069,12 @@ while is_open; do
 done
 deadline=$((SECONDS + 1800))
 while not_final && ((SECONDS < deadline)); do sleep 1; done
+if [ "$mode" = failover ]; then
+  rmq_lane_join
+  # The two lanes' entries, in the order they came (each starts with its time).
+  mapfile -t landed < <(printf '%s\n' "${landed[@]}" | sort -s -k1,1)
+  [ ${#missed[@]} -eq 0 ] || mapfile -t missed < <(printf '%s\n' "${missed[@]}" | sort -s -k1,1)
+fi
 
 # --- Verdict.
 final=$(batch_row)
@@ -997,18 +1109,20 @@ kinds=("worker SIGKILL" "RabbitMQ stop_app/start_app" "PostgreSQL fast restart"
 # --mode failover: each failover must meet the batch in the state it is named after, and two
 # different RabbitMQ nodes must have been stopped with the batch open.
 if [ "$mode" = failover ]; then
-  kinds=("worker SIGKILL" "PostgreSQL failover while loading (batch loading"
+  kinds=("worker SIGKILL (batch" "PostgreSQL failover while loading (batch loading"
          "PostgreSQL failover while committing (batch committing")
 fi
 ok=1
 for kind in "${kinds[@]}"; do
-  if ! printf '%s\n' "${landed[@]}" | grep -qF "$kind ("; then
+  pattern="$kind ("
+  [ "$mode" = failover ] && pattern=$kind
+  if ! printf '%s\n' "${landed[@]}" | grep -qF "$pattern"; then
     echo "FAIL: the fault \"$kind\" did not land"
     ok=0
   fi
 done
 if [ "$mode" = failover ]; then
-  nodes_stopped=$(printf '%s\n' "${landed[@]}" | sed -n 's/^RabbitMQ node \([123]\) stop_app.*/\1/p' | sort -u | wc -l)
+  nodes_stopped=$(printf '%s\n' "${landed[@]}" | sed -n 's/^[0-9:]* RabbitMQ node \([123]\) stop_app.*/\1/p' | sort -u | wc -l)
   if [ "$nodes_stopped" -lt 2 ]; then
     echo "FAIL: $nodes_stopped RabbitMQ node(s) stopped with the batch open, not 2"
     ok=0
