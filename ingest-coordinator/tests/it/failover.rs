@@ -148,10 +148,12 @@ async fn an_asynchronous_standby_promoted_without_some_loaded_chunks_loads_them_
             ("INGEST_LEASE_SECONDS", "5"),
         ],
     );
-    let before = wait_loaded_chunks(&env, id, 2).await;
+    wait_loaded_chunks(&env, id, 2).await;
     tokio::task::block_in_place(|| pair.pause_replication());
-    // Chunks the primary marks loaded from here on never reach the standby.
-    wait_loaded_chunks(&env, id, before + 5).await;
+    // Chunks the primary marks loaded from here on never reach the standby (those marked while
+    // the pause waited for the standby to catch up did).
+    let at_pause = env.chunks_in(id, ChunkState::Loaded).await;
+    wait_loaded_chunks(&env, id, at_pause + 3).await;
     // The worker is frozen in the middle of its work while the primary dies and the standby is
     // promoted, so that what the new primary lacks can be counted before anything moves on.
     let frozen = Frozen::freeze(worker.pid());
@@ -197,17 +199,19 @@ async fn an_asynchronous_standby_promoted_without_chunks_of_an_upload_fails_it_a
                     .await
                     .ok()?
                     .get(0);
-                (recorded >= at_least).then_some(())
+                (recorded >= at_least).then_some(recorded)
             })
-            .await;
+            .await
         }
     };
     let ((code, answer), ()) =
         tokio::join!(env.submit_with(body, &[("idempotency-key", KEY)]), async {
             recorded_at_least(5).await;
             tokio::task::block_in_place(|| pair.pause_replication());
-            // Chunks recorded from here on never reach the standby; the upload goes on.
-            recorded_at_least(12).await;
+            // Chunks recorded from here on never reach the standby (those recorded while the
+            // pause waited for the standby to catch up did); the upload goes on.
+            let at_pause = recorded_at_least(0).await;
+            recorded_at_least(at_pause + 4).await;
             tokio::task::block_in_place(|| pair.failover());
         });
     assert_eq!(code, 503, "{answer:?}");
