@@ -14,6 +14,10 @@ use std::time::Duration;
 /// How long a status read may take before it counts as a failure.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a retract may take: a batch merged into a shared partition is a DELETE of its rows
+/// (about a minute for 8M rows on two cores).
+const RETRACT_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,6 +39,15 @@ pub enum Cancelled {
     Now(BatchStatus),
     /// 409: the batch was already final.
     AlreadyFinal(BatchStatus),
+}
+
+/// How a retract ended.
+#[derive(Debug)]
+pub enum Retracted {
+    /// 200: the batch's rows are out of `prices` now.
+    Now(BatchStatus),
+    /// 409: the batch is not committed (or was retracted already); nothing changed.
+    NotCommitted(BatchStatus),
 }
 
 /// A request that did not get the answer it wanted, told so a retry can be decided.
@@ -185,6 +198,19 @@ impl Coordinator {
         match status {
             StatusCode::OK => Ok(Cancelled::Now(parse(body)?)),
             StatusCode::CONFLICT => Ok(Cancelled::AlreadyFinal(parse(body)?)),
+            _ => Err(unexpected(status)),
+        }
+    }
+
+    /// `POST /batches/{id}/retract`.
+    pub async fn retract(&self, id: BatchId) -> anyhow::Result<Retracted> {
+        let request = self
+            .mutating(self.http.post(self.url(&format!("/batches/{id}/retract"))))
+            .timeout(RETRACT_TIMEOUT);
+        let (status, body) = self.send(request).await?;
+        match status {
+            StatusCode::OK => Ok(Retracted::Now(parse(body)?)),
+            StatusCode::CONFLICT => Ok(Retracted::NotCommitted(parse(body)?)),
             _ => Err(unexpected(status)),
         }
     }

@@ -69,6 +69,9 @@ pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if status.state == BatchState::Retracted {
+        anyhow::bail!("batch {id} was committed, then retracted: none of its rows is in prices");
+    }
     print_errors(&status.errors, status.error_count);
     let reason = status.error.as_deref().unwrap_or("no reason given");
     anyhow::bail!("batch {id} {}: {reason}", status.state)

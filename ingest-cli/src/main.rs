@@ -1,14 +1,14 @@
 //! `ingest`: submits a rates file to the ingest coordinator and follows it to commit with a live
-//! progress bar; also shows, lists, waits for and cancels batches. On failure it exits non-zero
-//! with one line `ingest: <reason>` on stderr.
+//! progress bar; also shows, lists, waits for, cancels and retracts batches. On failure it exits
+//! non-zero with one line `ingest: <reason>` on stderr.
 
 mod api;
 mod follow;
 mod submit;
 
-use api::{Cancelled, Coordinator};
+use api::{Cancelled, Coordinator, Retracted};
 use clap::{Args, Parser, Subcommand};
-use ingest_wire::{BatchId, IdempotencyKey};
+use ingest_wire::{BatchId, BatchState, IdempotencyKey};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,7 +30,8 @@ struct Cli {
     )]
     url: String,
 
-    /// Bearer token for submit and cancel (prefer the environment variable: flags show in `ps`).
+    /// Bearer token for submit, cancel and retract (prefer the environment variable: flags show
+    /// in `ps`).
     #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 
@@ -67,7 +68,7 @@ enum Command {
         /// The batch id.
         id: i64,
     },
-    /// Follow a batch until it is committed, failed or cancelled.
+    /// Follow a batch until it is final (committed, failed, cancelled or retracted).
     Wait {
         /// The batch id.
         id: i64,
@@ -82,6 +83,11 @@ enum Command {
     },
     /// Cancel a batch that is not committed yet.
     Cancel {
+        /// The batch id.
+        id: i64,
+    },
+    /// Retract a committed batch: take all its rows out of prices, in one step for readers.
+    Retract {
         /// The batch id.
         id: i64,
     },
@@ -175,6 +181,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Cancelled::AlreadyFinal(status) => {
                 anyhow::bail!("batch {} is already {}", status.id, status.state)
             }
+        },
+        Command::Retract { id } => match api.retract(BatchId(id)).await? {
+            Retracted::Now(status) => {
+                let rows = status.rows_total.unwrap_or(status.rows_loaded);
+                println!(
+                    "batch {} retracted: {rows} rows taken out of prices",
+                    status.id
+                );
+                Ok(())
+            }
+            Retracted::NotCommitted(status) if status.state == BatchState::Retracted => {
+                anyhow::bail!("batch {} is already retracted", status.id)
+            }
+            Retracted::NotCommitted(status) => anyhow::bail!(
+                "batch {} is {}, not committed: only a committed batch can be retracted",
+                status.id,
+                status.state
+            ),
         },
     }
 }

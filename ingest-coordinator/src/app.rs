@@ -161,7 +161,11 @@ pub fn router(state: AppState) -> Router {
         .route("/batches/{id}", get(batches::get_batch))
         .route(
             "/batches/{id}/cancel",
-            post(batches::cancel).layer(protected),
+            post(batches::cancel).layer(protected.clone()),
+        )
+        .route(
+            "/batches/{id}/retract",
+            post(batches::retract).layer(protected),
         )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -57,6 +57,10 @@ pub const CHUNKS_IN_HAND: &str = "ingest_worker_chunks_in_hand";
 pub const PARTITIONS: &str = "ingest_partitions";
 /// Counter: partition merges, by outcome (`merged`, `outage`).
 pub const MERGES: &str = "ingest_partition_merges_total";
+/// Counter: retract requests, by `outcome`: `retracted`, `not_committed` (refused: the batch is
+/// open, failed, cancelled or retracted already), `unknown` (no such batch), `lock_timeout` (a
+/// lock did not come in time: nothing changed, the client tries again), `outage`.
+pub const RETRACTS: &str = "ingest_retracts_total";
 
 /// Histogram buckets for times, in seconds: 5 ms to 5 minutes.
 const SECONDS_BUCKETS: [f64; 14] = [
@@ -137,4 +141,8 @@ fn describe() {
         "Partitions of prices_by_batch (merged down to a bound)."
     );
     describe_counter!(MERGES, "Partition merges by outcome.");
+    describe_counter!(
+        RETRACTS,
+        "Retracts of committed batches (rows taken out of prices) by outcome."
+    );
 }

@@ -180,6 +180,26 @@ pub fn attach_sql(batch_id: BatchId) -> String {
     )
 }
 
+/// DDL that takes a batch that is still its own partition out of `prices`: DETACH (readers wait
+/// for it, catalog work only) and DROP of its staging table and its parts. In a transaction, so
+/// that the rows go with the batch's state.
+pub fn detach_and_drop_sql(batch_id: BatchId) -> String {
+    let table = staging_table(batch_id);
+    format!("ALTER TABLE prices_by_batch DETACH PARTITION {table}; DROP TABLE {table}")
+}
+
+/// Whether the batch whose staging table is `$1` is a partition of `prices_by_batch` of its own
+/// (not merged into a shared one yet). Reads the catalog alone.
+pub const OWN_PARTITION_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_inherits \
+     WHERE inhrelid = to_regclass($1) AND inhparent = 'prices_by_batch'::regclass)";
+
+/// The transaction-level advisory lock that makes one change of the partitions' layout at a
+/// time across every coordinator: a merge takes it without waiting (a coordinator that does not
+/// get it merges nothing that pass), a retract waits for it within its `lock_timeout`. So a
+/// retract and a merge never act on the same partition at once. (Its single-key space holds the
+/// migration lock too, at another key.)
+pub const MERGE_LOCK: i64 = 7_461_900_002;
+
 /// DDL that adds `prices_by_batch`'s foreign keys (as `pg_get_constraintdef` prints them) to a
 /// table of the staging schema, NOT VALID: no scan, only a brief lock on `ports`. A key of that
 /// name that exists already is left as it is (so the step can be repeated).

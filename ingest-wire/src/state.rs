@@ -1,10 +1,12 @@
 //! The states of a batch.
 //!
 //! ```text
-//! receiving ──> loading ──> committing ──> committed
+//! receiving ──> loading ──> committing ──> committed ──> retracted
 //!     │            │            │
 //!     └────────────┴────────────┴──> failed | cancelled
 //! ```
+//! `committed` is final for the pipeline (nothing moves it on by itself); only a retract on
+//! request takes a committed batch's rows out of `prices` again, into `retracted`, for good.
 //! Transitions happen only in `ingest-core::ledger`.
 
 use serde::{Deserialize, Serialize};
@@ -28,17 +30,21 @@ pub enum BatchState {
     Failed,
     /// Stopped on request; nothing of the batch is visible.
     Cancelled,
+    /// Committed, then taken out of `prices` on request (`POST /batches/{id}/retract`): none of
+    /// its rows is visible any more.
+    Retracted,
 }
 
 impl BatchState {
     /// Every state, in the order of a batch's life.
-    pub const ALL: [BatchState; 6] = [
+    pub const ALL: [BatchState; 7] = [
         BatchState::Receiving,
         BatchState::Loading,
         BatchState::Committing,
         BatchState::Committed,
         BatchState::Failed,
         BatchState::Cancelled,
+        BatchState::Retracted,
     ];
 
     /// The states a batch can still leave.
@@ -60,10 +66,12 @@ impl BatchState {
             BatchState::Committed => "committed",
             BatchState::Failed => "failed",
             BatchState::Cancelled => "cancelled",
+            BatchState::Retracted => "retracted",
         }
     }
 
-    /// A batch in a final state never changes again.
+    /// A batch in a final state never changes again by itself (a committed batch only by a
+    /// retract on request).
     pub fn is_final(self) -> bool {
         !BatchState::OPEN.contains(&self)
     }
@@ -124,5 +132,11 @@ mod tests {
         for state in BatchState::ALL {
             assert_eq!(BatchState::OPEN.contains(&state), !state.is_final());
         }
+        assert!(BatchState::Retracted.is_final());
+        assert!(!BatchState::Retracted.accepts_chunks());
+        assert_eq!(
+            serde_json::to_value(BatchState::Retracted).unwrap(),
+            serde_json::json!("retracted")
+        );
     }
 }

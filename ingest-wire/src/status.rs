@@ -42,8 +42,11 @@ pub struct BatchStatus {
     pub started_at: Option<DateTime<Utc>>,
     /// When the upload was complete.
     pub received_at: Option<DateTime<Utc>>,
-    /// When the batch became final.
+    /// When the batch became final (committed, failed or cancelled).
     pub finished_at: Option<DateTime<Utc>>,
+    /// When a committed batch was retracted (its rows taken out of `prices`).
+    #[serde(default)]
+    pub retracted_at: Option<DateTime<Utc>>,
     /// Seconds the commit took (index and attach).
     pub commit_seconds: Option<f64>,
     /// Rows loaded per second since the start.

@@ -166,3 +166,56 @@ async fn a_file_over_the_limit_is_refused_while_it_is_still_being_sent() {
     );
     assert_eq!(env.prices_count().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retract_takes_a_committed_batch_out_of_prices_in_one_line() {
+    let env = TestEnv::start(Options {
+        workers: 2,
+        token: Some("s3cret".into()),
+        ..Options::default()
+    })
+    .await;
+    let sample = std::fs::read(ingest_testkit::sample_prices()).unwrap();
+    let (code, accepted) = env
+        .submit_with(sample, &[("authorization", "Bearer s3cret")])
+        .await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let id = accepted.id();
+    let status = env.wait_final(id, std::time::Duration::from_secs(60)).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    assert_eq!(env.prices_count().await, SAMPLE_ROWS);
+
+    let output = ingest(&env, None, &["retract", &id.to_string()]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        "ingest: this endpoint needs an Authorization: Bearer <INGEST_TOKEN> header (HTTP 401)\n"
+    );
+    assert_eq!(env.prices_count().await, SAMPLE_ROWS);
+
+    let output = ingest(&env, Some("s3cret"), &["retract", &id.to_string()]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        format!("batch {id} retracted: {SAMPLE_ROWS} rows taken out of prices\n")
+    );
+    assert_eq!(env.prices_count().await, 0);
+    assert_eq!(env.batch_state(id).await, BatchState::Retracted);
+
+    let output = ingest(&env, Some("s3cret"), &["retract", &id.to_string()]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        format!("ingest: batch {id} is already retracted\n")
+    );
+    let output = ingest(&env, Some("s3cret"), &["retract", "987654"]).await;
+    assert!(!output.status.success());
+    assert_eq!(stderr(&output), "ingest: no batch 987654 (HTTP 404)\n");
+
+    // `ingest wait` on a retracted batch ends non-zero, saying so.
+    let output = ingest(&env, None, &["wait", &id.to_string()]).await;
+    assert!(!output.status.success());
+    let errors = stderr(&output);
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(errors.contains("retracted"), "{errors}");
+}

@@ -58,6 +58,23 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503: a lock the request needs did not come in time (a merge, a commit or a long reader
+    /// holds it); nothing changed. `what` (full detail) goes to the log only.
+    pub fn busy(what: &str) -> ApiError {
+        tracing::warn!(
+            error = what,
+            "request not done: a lock did not come in time"
+        );
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the batch's partition is busy (a merge, a commit or a long read holds it); \
+             nothing changed, try again",
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let request_id = request_id::current();

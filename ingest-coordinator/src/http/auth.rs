@@ -1,6 +1,7 @@
-//! Protection of the mutating endpoints (submit, cancel, and any later one): a bearer token from
-//! `INGEST_TOKEN`. Reading status is open, so dashboards and the CLI's progress need no secret.
-//! The token is never logged (the configuration hides it, requests are logged without headers).
+//! Protection of the mutating endpoints (submit, cancel, retract, and any later one): a bearer
+//! token from `INGEST_TOKEN`. Reading status is open, so dashboards and the CLI's progress need
+//! no secret. The token is never logged (the configuration hides it, requests are logged without
+//! headers).
 
 use super::api_error::ApiError;
 use crate::state::AppState;

@@ -1,9 +1,11 @@
-//! The batch endpoints: `POST /batches` (submit), `GET /batches/{id}`, `GET /batches` and
-//! `POST /batches/{id}/cancel`. They parse the request at the edge (content type, encoding,
-//! Idempotency-Key, ids, paging) into domain values, call the pipeline, and turn its outcomes
-//! into answers; the batch status in every answer is `ingest_wire::BatchStatus`.
+//! The batch endpoints: `POST /batches` (submit), `GET /batches/{id}`, `GET /batches`,
+//! `POST /batches/{id}/cancel` and `POST /batches/{id}/retract`. They parse the request at the
+//! edge (content type, encoding, Idempotency-Key, ids, paging) into domain values, call the
+//! pipeline, and turn its outcomes into answers; the batch status in every answer is
+//! `ingest_wire::BatchStatus`.
 
 use super::api_error::ApiError;
+use crate::pipeline::retract;
 use crate::pipeline::status::{self, PageQuery};
 use crate::pipeline::submit::{self, Received, Refusal};
 use crate::state::AppState;
@@ -14,7 +16,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ingest_core::batch::BatchId;
-use ingest_core::ledger::{Ending, NewBatch};
+use ingest_core::ledger::{Ending, NewBatch, RetractError};
 use ingest_wire::{headers, BatchPage, BatchStatus, ErrorBody, ErrorCode, IdempotencyKey};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -191,6 +193,45 @@ pub async fn cancel(
         StatusCode::CONFLICT
     };
     Ok(respond(code, status))
+}
+
+/// `POST /batches/{id}/retract`: 200 when the committed batch's rows left `prices` now (in one
+/// transaction with its state, `retracted`), 409 with its status when it is not committed (or
+/// was retracted already: nothing changes), 503 when a lock did not come in time (a merge, a
+/// commit's attach or a long reader held it) or PostgreSQL is away — nothing changed, try again.
+#[utoipa::path(
+    post,
+    path = "/batches/{id}/retract",
+    tag = "batches",
+    summary = "Retract a committed batch: take its rows out of prices",
+    description = "In one transaction: DETACH and DROP while the batch is still its own \
+        partition, a DELETE by batch once it was merged into a shared one. Readers see the batch \
+        whole or not at all. The batch ends `retracted`.",
+    params(("id" = i64, Path, description = "The batch id")),
+    responses(
+        (status = 200, description = "Retracted now; none of its rows is visible", body = BatchStatus),
+        (status = 400, description = "The id is not a whole number", body = ErrorBody),
+        (status = 401, description = "No token, or not the right one", body = ErrorBody),
+        (status = 404, description = "No such batch", body = ErrorBody),
+        (status = 409, description = "Not committed (cancel an open batch instead), or retracted already", body = BatchStatus),
+        (status = 503, description = "A lock did not come in time, or PostgreSQL is away: nothing changed, try again", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
+pub async fn retract(
+    State(app): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = batch_id(id)?;
+    match retract::retract(&app, id).await {
+        Ok(_) => Ok(respond(StatusCode::OK, known(&app, id).await?)),
+        Err(RetractError::NotCommitted { .. }) => {
+            Ok(respond(StatusCode::CONFLICT, known(&app, id).await?))
+        }
+        Err(RetractError::Unknown(_)) => Err(ApiError::no_batch(id)),
+        Err(RetractError::LockTimeout(reason)) => Err(ApiError::busy(&reason)),
+        Err(RetractError::Outage(fault)) => Err(fault.into()),
+    }
 }
 
 /// A batch's status, or 404.

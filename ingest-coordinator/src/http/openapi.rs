@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: the API's OpenAPI 3 description, generated from the handlers'
 //! annotations and from `ingest-wire`'s types (the ones the handlers serialise), so it cannot
-//! drift from what the coordinator answers. Submit and cancel need the bearer token; the rest is
-//! open, and the description says so.
+//! drift from what the coordinator answers. Submit, cancel and retract need the bearer token; the
+//! rest is open, and the description says so.
 
 use super::{batches, health, metrics, page};
 use axum::Json;
@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         batches::list_batches,
         batches::get_batch,
         batches::cancel,
+        batches::retract,
         health::healthz,
         health::readyz,
         metrics::metrics,
@@ -29,13 +30,13 @@ use utoipa::{Modify, OpenApi};
     ),
     modifiers(&BearerToken),
     tags(
-        (name = "batches", description = "Submit, follow and cancel batches"),
+        (name = "batches", description = "Submit, follow, cancel and retract batches"),
         (name = "operations", description = "Health, readiness, metrics, the status page and this description"),
     )
 )]
 pub struct ApiDoc;
 
-/// Declares the bearer token that submit and cancel require.
+/// Declares the bearer token that submit, cancel and retract require.
 struct BearerToken;
 
 impl Modify for BearerToken {

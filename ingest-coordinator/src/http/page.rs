@@ -2,7 +2,7 @@
 //! progress bar, rows, rows per second, ETA, and for a failed batch its first errors with their
 //! line numbers. It is one self-contained HTML file (`page.html`, compiled in: no CDN, nothing
 //! fetched at run time but the API's own `GET /batches`) that refreshes itself every second while
-//! a batch is open.
+//! a batch is open. Retracted batches show as such, their rows struck through.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -22,4 +22,22 @@ pub async fn page() -> impl IntoResponse {
         ],
         PAGE,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use ingest_wire::BatchState;
+
+    #[test]
+    fn the_page_knows_every_final_state() {
+        let line = super::PAGE
+            .lines()
+            .find(|line| line.starts_with("const FINAL = "))
+            .expect("the page lists the final states");
+        for state in ingest_wire::BatchState::ALL {
+            let named = line.contains(&format!("\"{}\"", state.as_str()));
+            assert_eq!(named, state.is_final(), "{state} in {line}");
+        }
+        assert!(super::PAGE.contains(&format!(".state.{}", BatchState::Retracted)));
+    }
 }

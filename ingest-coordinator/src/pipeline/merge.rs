@@ -20,7 +20,9 @@
 //! it. A merge that fails leaves nothing (the transaction rolls back).
 //!
 //! One merge at a time across every coordinator: each merge first takes a transaction-level
-//! advisory lock, without waiting; a coordinator that does not get it merges nothing this time.
+//! advisory lock ([`schema::MERGE_LOCK`]), without waiting; a coordinator that does not get it
+//! merges nothing this time. A retract ([`crate::pipeline::retract`]) waits for the same lock,
+//! so a merge never copies a batch that a retract is taking out, nor the other way round.
 //! A merging coordinator that freezes holds its transaction open only until PostgreSQL ends its
 //! idle session (`idle_in_transaction_session_timeout`, the coordinator lease).
 
@@ -136,10 +138,6 @@ pub fn to_merge(all: Vec<Partition>, max: usize, max_bytes: i64) -> Vec<Partitio
     small
 }
 
-/// The advisory lock that makes one merge at a time across coordinators (its single-key space
-/// holds the migration lock too, at another key).
-const MERGE_LOCK: i64 = 7_461_900_002;
-
 /// What one merge pass did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pass {
@@ -200,7 +198,10 @@ pub async fn merge(
 
     let tx = client.transaction().await?;
     let alone: bool = tx
-        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&MERGE_LOCK])
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1)",
+            &[&schema::MERGE_LOCK],
+        )
         .await?
         .get(0);
     if !alone {

@@ -9,6 +9,7 @@
 //! - [`receiving`]: the uploads being read now;
 //! - [`commit`]: makes a fully loaded batch visible at once, under its commit lease;
 //! - [`merge`]: folds committed batches into fewer partitions, each merge in one transaction;
+//! - [`retract`]: takes a committed batch back out of `prices` on request, in one transaction;
 //! - [`status`]: what a batch looks like from outside, read from the ledger.
 
 pub mod body;
@@ -18,6 +19,7 @@ pub mod merge;
 pub mod publish;
 pub mod rates;
 pub mod receiving;
+pub mod retract;
 pub mod split;
 pub mod status;
 pub mod submit;

@@ -36,7 +36,8 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
                 coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
                 min(c.created_at),
                 b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at,
-                CASE WHEN b.state = '{committed}' THEN NOT EXISTS ({unindexed}) END
+                CASE WHEN b.state = '{committed}' THEN NOT EXISTS ({unindexed}) END,
+                b.retracted_at
          FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id",
         pending = count(ChunkState::Pending),
         queued = count(ChunkState::Queued),
@@ -120,6 +121,7 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         started_at,
         received_at: row.get(9),
         finished_at,
+        retracted_at: row.get(26),
         commit_seconds: row.get(11),
         rows_per_second,
         eta_seconds,

@@ -11,6 +11,7 @@ mod outages;
 mod page;
 mod pipeline;
 mod process;
+mod retract;
 mod streaming;
 mod upgrade;
 mod validation;

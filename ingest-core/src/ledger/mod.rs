@@ -8,7 +8,8 @@
 //! - [`batches`]: a batch's life, from `receiving` to final, and its outages;
 //! - [`chunks`]: a chunk's life, its durable copy, and the chunks that must be handed out again;
 //! - [`commit_lease`]: which coordinator commits a batch, for how long, and where it is;
-//! - [`coordinators`]: the coordinators that run, seen through their heartbeats.
+//! - [`coordinators`]: the coordinators that run, seen through their heartbeats;
+//! - [`retract`]: a committed batch taken back out of `prices`, in one transaction.
 //!
 //! The guarantee that matters most sits in [`finish_chunk`]: a worker marks its chunk loaded in
 //! the same transaction as its COPY, and the guarded update takes the chunk's row lock first,
@@ -18,11 +19,13 @@ mod batches;
 mod chunks;
 mod commit_lease;
 mod coordinators;
+mod retract;
 
 pub use batches::*;
 pub use chunks::*;
 pub use commit_lease::*;
 pub use coordinators::*;
+pub use retract::*;
 
 use crate::batch::BatchState;
 use crate::chunk::ChunkState;
