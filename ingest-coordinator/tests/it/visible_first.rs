@@ -48,19 +48,26 @@ async fn a_batch_visible_before_its_index_gets_it_and_a_lost_index_is_built_agai
 
     // A build cut off after the batch became visible leaves it without an index: the commit
     // loop builds it again. Holding the batch's commit lease keeps the loop away until the
-    // status is read.
-    let taken = ledger::take_commit_lease(
-        &env.db,
-        id,
-        "the-test",
-        Duration::from_secs(3600),
-        Duration::from_secs(1),
-    )
-    .await
-    .unwrap();
-    let Take::Taken(fence) = taken else {
-        panic!("the test takes the commit lease: {taken:?}");
-    };
+    // status is read. (The loop may still hold it for a moment after the index is there: it
+    // releases the lease once it recorded the build.)
+    let env_ref = &env;
+    let fence = ingest_testkit::poll("the commit lease to be free", WITHIN, || async move {
+        let taken = ledger::take_commit_lease(
+            &env_ref.db,
+            id,
+            "the-test",
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        match taken {
+            Take::Taken(fence) => Some(fence),
+            Take::Held(_) => None,
+            Take::NotCommitting => panic!("the committed batch takes a lease: {taken:?}"),
+        }
+    })
+    .await;
     env.db
         .batch_execute(&format!(
             "DROP INDEX price_batches.batch_{}_p1_route_day",
