@@ -4,8 +4,11 @@ release binaries (coordinator + W workers, as scripts/bench.py runs them):
 
   own partition   an N-row batch (default 8,000,000) committed, then `ingest retract`: DETACH and
                   DROP of its partition in one transaction (catalog work only)
-  merged          the same file committed again, with the 56,689-row sample, both folded into one
-                  shared partition by `ingest-coordinator --partitions-max 1 merge`, then
+  replaced        the same file committed again, then `ingest submit --replaces` of it with the
+                  same rows: the new batch's commit detaches and drops the old partition in the
+                  transaction of its own attach (reported: the whole submit, and the commit)
+  merged          the replacement, with the 56,689-row sample, both folded into one shared
+                  partition by `ingest-coordinator --partitions-max 1 merge`, then
                   `ingest retract` of the big batch: one DELETE by batch_id
 
 All along, a reader on a session of its own asks `prices` for one route and day (the index) in a
@@ -113,6 +116,33 @@ def retract(stack, reader, batch):
             "reader_answers_during": len(waits)}
 
 
+def replace(stack, reader, old, path):
+    """Replaces `old` by the file at `path` with the CLI while the reader reads; returns what it
+    cost and the new batch."""
+    before = totals(stack.db)
+    mine = int(sql(stack.db, f"SELECT count(*) FROM prices_by_batch WHERE batch_id = {old}"))
+    time.sleep(2)  # the reader's baseline
+    started = time.monotonic()
+    done = subprocess.run([f"{RELEASE}/ingest", "submit", "--replaces", str(old), path],
+                          env=stack.env, capture_output=True, text=True)
+    ended = time.monotonic()
+    if done.returncode != 0:
+        raise RuntimeError("ingest submit --replaces failed: " + done.stderr)
+    new = int(sql(stack.db, f"SELECT id FROM batches WHERE replaces = {old}"))
+    came = int(sql(stack.db, f"SELECT count(*) FROM prices_by_batch WHERE batch_id = {new}"))
+    after = totals(stack.db)
+    if after[0] != before[0] - mine + came:
+        raise RuntimeError(f"prices holds {after[0]} rows, expected {before[0] - mine + came}")
+    status = bench.get_json(f"{stack.base}/batches/{new}")
+    waits = reader.during(started, ended)
+    printed = [line for line in done.stdout.splitlines() if "replaced batch" in line]
+    return new, {"rows": mine, "seconds": ended - started, "printed": " ".join(printed),
+                 "commit_seconds": status["commit_seconds"],
+                 "reader_median_before_ms": reader.median_before(started) * 1000,
+                 "reader_longest_ms": max(waits) * 1000 if waits else float("nan"),
+                 "reader_answers_during": len(waits)}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -150,9 +180,15 @@ def main():
         results = {"own partition": retract(stack, reader, own)}
         print(f"bench-retract: {results['own partition']}", flush=True)
 
-        print(f"bench-retract: loading {args.rows:,} rows again and the sample, merging them",
+        print(f"bench-retract: loading {args.rows:,} rows again, then replacing them",
               flush=True)
-        merged = submit(stack, path)
+        again = submit(stack, path)
+        plain_commit = bench.get_json(f"{stack.base}/batches/{again}")["commit_seconds"]
+        merged, results["replaced"] = replace(stack, reader, again, path)
+        results["replaced"]["plain_commit_seconds"] = plain_commit
+        print(f"bench-retract: {results['replaced']}", flush=True)
+
+        print("bench-retract: loading the sample, merging it with the replacement", flush=True)
         submit(stack, os.path.join(data, "prices.csv"))
         started = time.monotonic()
         subprocess.run([f"{RELEASE}/ingest-coordinator", "--partitions-max", "1", "merge"],
@@ -185,6 +221,9 @@ def main():
               f"{r['reader_longest_ms']:>19.1f}{r['reader_answers_during']:>16}")
     for case, r in cases.items():
         print(f"{case}: {r['printed']}")
+    replaced = results["replaced"]
+    print(f"replaced: the replacing batch's commit took {replaced['commit_seconds']:.2f} s, "
+          f"the plain commit of the batch it replaced {replaced['plain_commit_seconds']:.2f} s")
 
 
 if __name__ == "__main__":

@@ -118,12 +118,14 @@ impl Coordinator {
         })
     }
 
-    /// `POST /batches` with `body` as the CSV file (already gzip-compressed when `gzip`).
+    /// `POST /batches` with `body` as the CSV file (already gzip-compressed when `gzip`), to
+    /// replace the committed batch `replaces` when given.
     pub async fn submit(
         &self,
         body: Body,
         gzip: bool,
         idempotency_key: Option<&IdempotencyKey>,
+        replaces: Option<BatchId>,
     ) -> anyhow::Result<Submitted> {
         let mut request = self
             .mutating(self.http.post(self.url("/batches")))
@@ -134,6 +136,9 @@ impl Coordinator {
         }
         if let Some(key) = idempotency_key {
             request = request.header(headers::IDEMPOTENCY_KEY, key.as_str());
+        }
+        if let Some(old) = replaces {
+            request = request.header(headers::REPLACES, old.to_string());
         }
         let (status, body) = self.send(request).await?;
         let batch = parse(body)?;

@@ -62,6 +62,9 @@ pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
             .rows_per_second
             .map_or("?".to_string(), |rate| format!("{rate:.0}"));
         println!("batch {id} committed: {rows} rows visible in prices (commit {commit} s, {rate} rows/s)");
+        if let Some(old) = status.replaces {
+            println!("batch {id} replaced batch {old}: its rows left prices in the same step");
+        }
         if status.indexed == Some(false) {
             println!(
                 "batch {id}: its read index is still being built (reads of it scan meanwhile)"
@@ -70,7 +73,14 @@ pub fn conclude(status: &BatchStatus) -> anyhow::Result<()> {
         return Ok(());
     }
     if status.state == BatchState::Retracted {
-        anyhow::bail!("batch {id} was committed, then retracted: none of its rows is in prices");
+        match status.replaced_by {
+            Some(by) => anyhow::bail!(
+                "batch {id} was committed, then replaced by batch {by}: none of its rows is in prices"
+            ),
+            None => anyhow::bail!(
+                "batch {id} was committed, then retracted: none of its rows is in prices"
+            ),
+        }
     }
     print_errors(&status.errors, status.error_count);
     let reason = status.error.as_deref().unwrap_or("no reason given");

@@ -53,6 +53,10 @@ enum Command {
         /// Makes a retried submit return the earlier batch instead of loading the file twice.
         #[arg(long, value_name = "KEY", value_parser = parse_key)]
         idempotency_key: Option<IdempotencyKey>,
+        /// Replace this committed batch: when the new batch commits, the old one's rows leave
+        /// prices in the same transaction (readers see one or the other, never both).
+        #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+        replaces: Option<i64>,
         /// Return once the file is accepted instead of following the batch.
         #[arg(long)]
         no_wait: bool,
@@ -147,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             gzip,
             idempotency_key,
+            replaces,
             no_wait,
             retry_for,
             follow,
@@ -155,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 file: &file,
                 gzip,
                 idempotency_key: idempotency_key.as_ref(),
+                replaces: replaces.map(BatchId),
                 retry_for: Duration::from_secs(retry_for),
             };
             let status = submit::submit(&api, &submission).await?;
@@ -192,7 +198,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Retracted::NotCommitted(status) if status.state == BatchState::Retracted => {
-                anyhow::bail!("batch {} is already retracted", status.id)
+                match status.replaced_by {
+                    Some(by) => anyhow::bail!(
+                        "batch {} is already retracted: batch {by} replaced it",
+                        status.id
+                    ),
+                    None => anyhow::bail!("batch {} is already retracted", status.id),
+                }
             }
             Retracted::NotCommitted(status) => anyhow::bail!(
                 "batch {} is {}, not committed: only a committed batch can be retracted",

@@ -5,7 +5,7 @@ use crate::api::{Coordinator, Failure, Submitted};
 use crate::follow;
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ingest_wire::{BatchState, BatchStatus, IdempotencyKey};
+use ingest_wire::{BatchId, BatchState, BatchStatus, IdempotencyKey};
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -38,6 +38,8 @@ pub struct Submission<'a> {
     /// Makes a retried submit return the earlier batch instead of loading the file twice. When
     /// none is given one is made up, so that an upload whose answer was lost can be found again.
     pub idempotency_key: Option<&'a IdempotencyKey>,
+    /// The committed batch this one replaces when it commits (`Replaces:`).
+    pub replaces: Option<BatchId>,
     /// How long to keep sending the file again while the coordinator cannot take it.
     pub retry_for: Duration,
 }
@@ -82,8 +84,12 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
             let rows = status
                 .rows_total
                 .map_or("?".to_string(), |rows| rows.to_string());
+            let replacing = status
+                .replaces
+                .map(|old| format!("; it replaces batch {old} when it commits"))
+                .unwrap_or_default();
             println!(
-                "batch {} accepted: {rows} rows in {} chunks",
+                "batch {} accepted: {rows} rows in {} chunks{replacing}",
                 status.id, status.chunks.total
             );
             Ok(status)
@@ -133,7 +139,7 @@ async fn upload(
     };
     let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(reader, READ_BYTES));
     let gzip = submission.gzip || path.extension().is_some_and(|ext| ext == "gz");
-    let answer = api.submit(body, gzip, Some(key)).await;
+    let answer = api.submit(body, gzip, Some(key), submission.replaces).await;
     uploading.finish_and_clear();
     answer
 }

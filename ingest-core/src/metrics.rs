@@ -59,7 +59,8 @@ pub const PARTITIONS: &str = "ingest_partitions";
 pub const MERGES: &str = "ingest_partition_merges_total";
 /// Counter: retract requests, by `outcome`: `retracted`, `not_committed` (refused: the batch is
 /// open, failed, cancelled or retracted already), `unknown` (no such batch), `lock_timeout` (a
-/// lock did not come in time: nothing changed, the client tries again), `outage`.
+/// lock did not come in time: nothing changed, the client tries again), `outage`; and
+/// `replaced`: a batch retracted by the commit of the batch that replaced it (`Replaces:`).
 pub const RETRACTS: &str = "ingest_retracts_total";
 
 /// Histogram buckets for times, in seconds: 5 ms to 5 minutes.

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 415: a `Content-Encoding` other than gzip.
     UnsupportedEncoding,
+    /// 409: the batch a submit's `Replaces:` names cannot be replaced (unknown, not committed,
+    /// or replaced already).
+    NotReplaceable,
     /// 422: PostgreSQL refused the rows.
     Refused,
     /// 503: PostgreSQL or RabbitMQ is away; try again.
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::UnsupportedEncoding => "unsupported_encoding",
+            ErrorCode::NotReplaceable => "not_replaceable",
             ErrorCode::Refused => "refused",
             ErrorCode::Unavailable => "unavailable",
         }
@@ -82,6 +86,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::UnsupportedMediaType,
             ErrorCode::UnsupportedEncoding,
+            ErrorCode::NotReplaceable,
             ErrorCode::Refused,
             ErrorCode::Unavailable,
         ] {

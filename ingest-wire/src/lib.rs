@@ -21,6 +21,8 @@ pub use status::{
 pub mod headers {
     /// Makes a retried submit safe: a key a batch holds returns that batch.
     pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+    /// On a submit: the id of a committed batch that this one replaces when it commits.
+    pub const REPLACES: &str = "replaces";
     /// The id of a request, on every answer (and in an error body's `request_id`).
     pub const REQUEST_ID: &str = "x-request-id";
 }

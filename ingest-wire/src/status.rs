@@ -47,6 +47,12 @@ pub struct BatchStatus {
     /// When a committed batch was retracted (its rows taken out of `prices`).
     #[serde(default)]
     pub retracted_at: Option<DateTime<Utc>>,
+    /// The batch this one was submitted to replace (`Replaces:`): its commit retracts that one.
+    #[serde(default)]
+    pub replaces: Option<BatchId>,
+    /// The batch that replaced this one (it is `retracted` since that batch's commit).
+    #[serde(default)]
+    pub replaced_by: Option<BatchId>,
     /// Seconds the commit took (index and attach).
     pub commit_seconds: Option<f64>,
     /// Rows loaded per second since the start.

@@ -219,3 +219,66 @@ async fn retract_takes_a_committed_batch_out_of_prices_in_one_line() {
     assert_eq!(errors.lines().count(), 1, "{errors}");
     assert!(errors.contains("retracted"), "{errors}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_replaces_a_committed_batch_and_says_so() {
+    let env = TestEnv::start(Options {
+        workers: 2,
+        ..Options::default()
+    })
+    .await;
+    let sample = ingest_testkit::sample_prices();
+    let sample = sample.to_str().unwrap();
+    let output = ingest(&env, None, &["submit", sample]).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let old: i64 = env
+        .db
+        .query_one("SELECT max(id) FROM batches", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let dir = tempfile::tempdir().unwrap();
+    let corrected = dir.path().join("corrected.csv");
+    std::fs::write(
+        &corrected,
+        "orig_code,dest_code,day,price\nCNSGH,NLRTM,2016-01-01,100\nCNSGH,NLRTM,2016-01-02,101\n",
+    )
+    .unwrap();
+    let corrected = corrected.to_str().unwrap();
+
+    let old_text = old.to_string();
+    let output = ingest(&env, None, &["submit", "--replaces", &old_text, corrected]).await;
+    let printed = stdout(&output);
+    assert!(output.status.success(), "{printed}\n{}", stderr(&output));
+    let new = old + 1;
+    assert!(
+        printed.contains(&format!(
+            "batch {new} accepted: 2 rows in 1 chunks; it replaces batch {old} when it commits"
+        )),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(&format!(
+            "batch {new} replaced batch {old}: its rows left prices in the same step"
+        )),
+        "{printed}"
+    );
+    assert_eq!(env.prices_count().await, 2);
+
+    // Replaced once: again is refused in one line, and so is a retract.
+    let output = ingest(&env, None, &["submit", "--replaces", &old_text, corrected]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        format!("ingest: batch {old} was replaced by batch {new} already (HTTP 409)\n")
+    );
+    let output = ingest(&env, None, &["retract", &old_text]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        stderr(&output),
+        format!("ingest: batch {old} is already retracted: batch {new} replaced it\n")
+    );
+    let output = ingest(&env, None, &["submit", "--replaces", "0", corrected]).await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(env.prices_count().await, 2);
+}

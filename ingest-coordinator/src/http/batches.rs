@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 /// `POST /batches`: 202 with the batch's status once the whole file is in and every chunk is
-/// queued; 422, 413 or 400 with the failed batch's status; 409 if it was cancelled meanwhile;
+/// queued; 422, 413 or 400 with the failed batch's status; 409 if it was cancelled meanwhile (or,
+/// before anything is read, when the batch `Replaces:` names cannot be replaced);
 /// 200 with the earlier batch for a repeated Idempotency-Key; 503 when a dependency stayed away.
 #[utoipa::path(
     post,
@@ -37,13 +38,15 @@ use utoipa::{IntoParams, ToSchema};
         ("Idempotency-Key" = Option<String>, Header,
             description = "1 to 200 visible ASCII characters: a key a batch holds returns that batch"),
         ("Content-Encoding" = Option<String>, Header, description = "`gzip` or `identity`"),
+        ("Replaces" = Option<i64>, Header,
+            description = "The id of a committed batch that this one replaces: its commit retracts that batch in the same transaction, so readers see one or the other, never both, never neither"),
     ),
     responses(
         (status = 202, description = "Received whole; workers load it", body = BatchStatus),
         (status = 200, description = "The batch that holds this Idempotency-Key", body = BatchStatus),
         (status = 400, description = "The upload broke off (the batch failed), or a bad header", body = BatchOrError),
         (status = 401, description = "No token, or not the right one", body = ErrorBody),
-        (status = 409, description = "Cancelled while it came in", body = BatchStatus),
+        (status = 409, description = "Cancelled while it came in, or the batch `Replaces:` names is unknown, not committed or replaced already (nothing recorded)", body = BatchOrError),
         (status = 413, description = "Larger than the body limit (the batch failed)", body = BatchStatus),
         (status = 415, description = "Not text/csv, or an encoding other than gzip", body = ErrorBody),
         (status = 422, description = "Lines that are not valid prices (the batch failed)", body = BatchStatus),
@@ -59,8 +62,16 @@ pub async fn submit(
     let gzip = content_encoding(&request_headers)?;
     check_content_type(&request_headers)?;
     let key = idempotency_key(&request_headers)?;
-    let batch_id = match submit::open_batch(&app, key.as_ref()).await? {
+    let replaces = replaces(&request_headers)?;
+    let batch_id = match submit::open_batch(&app, key.as_ref(), replaces).await? {
         NewBatch::Created(id) => id,
+        NewBatch::NotReplaceable(refusal) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::NotReplaceable,
+                refusal.to_string(),
+            ));
+        }
         NewBatch::Existing(id) => {
             // The rest of the body is read and dropped by `unread_body` before this answer.
             return Ok(respond(StatusCode::OK, known(&app, id).await?));
@@ -304,7 +315,22 @@ fn idempotency_key(request_headers: &HeaderMap) -> Result<Option<IdempotencyKey>
         .map_err(|invalid| ApiError::bad_request(invalid.to_string()))
 }
 
-/// A 400 to a submit: the failed batch (the upload broke off) or an error (a bad header).
+/// The batch a submit replaces (`Replaces: <id>`), if any.
+fn replaces(request_headers: &HeaderMap) -> Result<Option<BatchId>, ApiError> {
+    let Some(value) = request_headers.get(headers::REPLACES) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .map(|id| Some(BatchId(id)))
+        .ok_or_else(|| ApiError::bad_request("Replaces: names a batch by its id, a whole number"))
+}
+
+/// A 400 or 409 to a submit: the batch (failed: the upload broke off; or cancelled) or an error
+/// (a bad header; a `Replaces:` that names a batch which cannot be replaced).
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchOrError {

@@ -30,14 +30,18 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT b.id, b.state, b.rows_total, b.error, b.error_count, b.errors, b.bytes_received,
                 b.content_sha256, b.created_at, b.received_at, b.finished_at, b.commit_seconds,
-                count(c.seq), {pending}, {queued}, {loading}, {loaded},
-                count(c.seq) FILTER (WHERE c.state IN ('{failed}', '{damaged}', '{dead}')),
-                coalesce(sum(c.rows) FILTER (WHERE c.state = '{loaded_name}'), 0)::bigint,
-                coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint,
-                min(c.created_at),
+                b.retracted_at, b.replaces, b.replaced_by,
                 b.outage_step, b.outage_attempt, b.outage_reason, b.outage_at,
-                CASE WHEN b.state = '{committed}' THEN NOT EXISTS ({unindexed}) END,
-                b.retracted_at
+                count(c.seq) AS chunks_total, {pending} AS chunks_pending,
+                {queued} AS chunks_queued, {loading} AS chunks_loading,
+                {loaded} AS chunks_loaded,
+                count(c.seq) FILTER (WHERE c.state IN ('{failed}', '{damaged}', '{dead}'))
+                    AS chunks_failed,
+                coalesce(sum(c.rows) FILTER (WHERE c.state = '{loaded_name}'), 0)::bigint
+                    AS rows_loaded,
+                coalesce(sum(greatest(c.attempts - 1, 0)), 0)::bigint AS retries,
+                min(c.created_at) AS started_at,
+                CASE WHEN b.state = '{committed}' THEN NOT EXISTS ({unindexed}) END AS indexed
          FROM batches b LEFT JOIN chunks c ON c.batch_id = b.id",
         pending = count(ChunkState::Pending),
         queued = count(ChunkState::Queued),
@@ -52,19 +56,19 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A count read from the ledger (never negative).
-fn count(row: &Row, index: usize) -> u64 {
-    u64::try_from(row.get::<_, i64>(index)).unwrap_or(0)
+fn count(row: &Row, column: &str) -> u64 {
+    u64::try_from(row.get::<_, i64>(column)).unwrap_or(0)
 }
 
 fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
-    let id = BatchId(row.get(0));
-    let state = ledger::batch_state_at(row, 1)?;
+    let id = BatchId(row.get("id"));
+    let state = ledger::batch_state_at(row, "state")?;
     let rows_total: Option<u64> = row
-        .get::<_, Option<i64>>(2)
+        .get::<_, Option<i64>>("rows_total")
         .map(|rows| u64::try_from(rows).unwrap_or(0));
-    let rows_loaded = count(row, 18);
-    let started_at: Option<DateTime<Utc>> = row.get(20);
-    let finished_at: Option<DateTime<Utc>> = row.get(10);
+    let rows_loaded = count(row, "rows_loaded");
+    let started_at: Option<DateTime<Utc>> = row.get("started_at");
+    let finished_at: Option<DateTime<Utc>> = row.get("finished_at");
     let elapsed = started_at.map(|start| {
         (finished_at.unwrap_or_else(Utc::now) - start).num_milliseconds() as f64 / 1000.0
     });
@@ -77,16 +81,55 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         }
         _ => None,
     };
-    let errors: Vec<RowError> = serde_json::from_value(row.get(5)).map_err(|error| {
+    let errors: Vec<RowError> = serde_json::from_value(row.get("errors")).map_err(|error| {
         Fault::outage(format!(
             "the ledger's errors of batch {id} do not read: {error}"
         ))
     })?;
-    let outage = match (
-        row.get(21),
-        row.get::<_, Option<i32>>(22),
-        row.get(23),
-        row.get(24),
+    Ok(BatchStatus {
+        id,
+        state,
+        status_url: format!("/batches/{id}"),
+        rows_total,
+        rows_loaded,
+        chunks: ChunkCounts {
+            total: count(row, "chunks_total"),
+            pending: count(row, "chunks_pending"),
+            queued: count(row, "chunks_queued"),
+            loading: count(row, "chunks_loading"),
+            loaded: count(row, "chunks_loaded"),
+            failed: count(row, "chunks_failed"),
+        },
+        retries: count(row, "retries"),
+        error: row.get("error"),
+        error_count: u64::try_from(row.get::<_, i32>("error_count")).unwrap_or(0),
+        errors,
+        bytes_received: u64::try_from(row.get::<_, i64>("bytes_received")).unwrap_or(0),
+        content_sha256: row.get("content_sha256"),
+        duplicate_of: Vec::new(),
+        created_at: row.get("created_at"),
+        started_at,
+        received_at: row.get("received_at"),
+        finished_at,
+        retracted_at: row.get("retracted_at"),
+        replaces: row.get::<_, Option<i64>>("replaces").map(BatchId),
+        replaced_by: row.get::<_, Option<i64>>("replaced_by").map(BatchId),
+        commit_seconds: row.get("commit_seconds"),
+        rows_per_second,
+        eta_seconds,
+        outage: outage(row),
+        commit: None,
+        indexed: row.get("indexed"),
+    })
+}
+
+/// The last outage recorded for the batch, if any.
+fn outage(row: &Row) -> Option<Outage> {
+    match (
+        row.get("outage_step"),
+        row.get::<_, Option<i32>>("outage_attempt"),
+        row.get("outage_reason"),
+        row.get("outage_at"),
     ) {
         (Some(step), Some(attempt), Some(reason), Some(at)) => Some(Outage {
             step,
@@ -95,40 +138,7 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
             at,
         }),
         _ => None,
-    };
-    Ok(BatchStatus {
-        id,
-        state,
-        status_url: format!("/batches/{id}"),
-        rows_total,
-        rows_loaded,
-        chunks: ChunkCounts {
-            total: count(row, 12),
-            pending: count(row, 13),
-            queued: count(row, 14),
-            loading: count(row, 15),
-            loaded: count(row, 16),
-            failed: count(row, 17),
-        },
-        retries: count(row, 19),
-        error: row.get(3),
-        error_count: u64::try_from(row.get::<_, i32>(4)).unwrap_or(0),
-        errors,
-        bytes_received: u64::try_from(row.get::<_, i64>(6)).unwrap_or(0),
-        content_sha256: row.get(7),
-        duplicate_of: Vec::new(),
-        created_at: row.get(8),
-        started_at,
-        received_at: row.get(9),
-        finished_at,
-        retracted_at: row.get(26),
-        commit_seconds: row.get(11),
-        rows_per_second,
-        eta_seconds,
-        outage,
-        commit: None,
-        indexed: row.get(25),
-    })
+    }
 }
 
 /// One batch's status, with the earlier batches that had the same content.

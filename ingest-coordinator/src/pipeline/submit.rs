@@ -56,8 +56,13 @@ const PEER_POLL: Duration = Duration::from_millis(250);
 /// died or PostgreSQL was away): it is ended now, freeing the key, so the client's retry is the
 /// fresh submit it asks for. When a live peer still feeds it — the client came back before that
 /// coordinator noticed the break — this waits, up to that coordinator's lease and a little more,
-/// for the upload to end or its coordinator to be gone.
-pub async fn open_batch(app: &AppState, key: Option<&IdempotencyKey>) -> Result<NewBatch, Fault> {
+/// for the upload to end or its coordinator to be gone. With `replaces`, the batch is to replace
+/// that committed one when it commits (`ledger::replace`).
+pub async fn open_batch(
+    app: &AppState,
+    key: Option<&IdempotencyKey>,
+    replaces: Option<BatchId>,
+) -> Result<NewBatch, Fault> {
     let patience = app.config.upload_patience();
     let (pool, me) = (&app.pool, app.presence.id());
     let parts = app.config.batch_parts;
@@ -65,13 +70,13 @@ pub async fn open_batch(app: &AppState, key: Option<&IdempotencyKey>) -> Result<
     loop {
         let opened = ride_through(patience, "recording a new batch", move || async move {
             let mut client = pool.get().await?;
-            let opened = ledger::create_batch(&mut client, key, parts, me).await?;
+            let opened = ledger::create_batch(&mut client, key, replaces, parts, me).await?;
             let found = match opened {
                 NewBatch::Existing(id) => Some((
                     ledger::batch_state(&client, id).await?,
                     ledger::receiver_of(&client, id, me).await?,
                 )),
-                NewBatch::Created(_) => None,
+                NewBatch::Created(_) | NewBatch::NotReplaceable(_) => None,
             };
             Ok((opened, found))
         })

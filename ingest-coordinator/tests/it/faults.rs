@@ -358,12 +358,12 @@ async fn two_coordinators_committing_one_batch_at_once_commit_it_once() {
 async fn orphan_upload(env: &TestEnv, key: &str) -> BatchId {
     let mut client = ingest_core::db::connect(&env.database_url).await.unwrap();
     let key = IdempotencyKey::parse(key).unwrap();
-    match ledger::create_batch(&mut client, Some(&key), 2, "a-coordinator-that-died")
+    match ledger::create_batch(&mut client, Some(&key), None, 2, "a-coordinator-that-died")
         .await
         .unwrap()
     {
         ledger::NewBatch::Created(id) => id,
-        ledger::NewBatch::Existing(id) => panic!("the key {key} is held by batch {id}"),
+        other => panic!("the key {key} did not open a batch: {other:?}"),
     }
 }
 

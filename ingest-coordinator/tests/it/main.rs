@@ -11,6 +11,8 @@ mod outages;
 mod page;
 mod pipeline;
 mod process;
+mod readers;
+mod replace;
 mod retract;
 mod streaming;
 mod upgrade;

@@ -50,3 +50,39 @@ async fn the_page_shows_a_committed_and_a_failed_batch() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     println!("screenshot: {}", screenshot.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_a_replaced_batch_and_what_replaced_it() {
+    let env = TestEnv::start(Options::default()).await;
+    let first = "orig_code,dest_code,day,price\nCNSGH,NLRTM,2016-01-01,100\n";
+    let (code, old) = env.submit(first).await;
+    assert_eq!(code, 202, "{old:?}");
+    let old = old.id();
+    assert_eq!(
+        env.wait_final(old, WITHIN).await.state,
+        BatchState::Committed
+    );
+    let corrected = "orig_code,dest_code,day,price\nCNSGH,NLRTM,2016-01-01,10\n";
+    let (code, new) = env
+        .submit_with(corrected, &[("replaces", &old.to_string())])
+        .await;
+    assert_eq!(code, 202, "{new:?}");
+    let new = new.id();
+    assert_eq!(
+        env.wait_final(new, WITHIN).await.state,
+        BatchState::Committed
+    );
+
+    let browser = Browser::start().await;
+    browser.goto(&format!("{}/", env.base)).await;
+    let text = browser
+        .wait_for_text("the replacement", WITHIN, |text| {
+            text.contains(&format!("replaced by #{new}"))
+        })
+        .await;
+    assert!(text.contains("retracted"), "{text}");
+    assert!(
+        text.contains(&format!("replaced #{old} in the same step")),
+        "{text}"
+    );
+}

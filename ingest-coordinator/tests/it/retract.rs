@@ -5,75 +5,15 @@
 //! change nothing; a coordinator killed in the middle of a retract leaves it not done (or done),
 //! never half done, and a fresh coordinator then retracts the batch.
 
+use crate::readers::{assert_only, committed, own_table, totals, Reader};
 use ingest_testkit::process::CoordinatorProcess;
 use ingest_testkit::{poll, Answer, Options, TestEnv};
-use ingest_wire::{BatchId, BatchState, ErrorCode};
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use ingest_wire::{BatchState, ErrorCode};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
 const EXE: &str = env!("CARGO_BIN_EXE_ingest-coordinator");
 const WITHIN: Duration = Duration::from_secs(120);
 const TOKEN: &str = "s3cret";
-
-/// (rows, sum of prices) in `prices`.
-type Totals = (i64, i64);
-
-/// What readers see: `count(*)` and `sum(price)` of `prices`, in one statement.
-const TOTALS: &str = "SELECT count(*), coalesce(sum(price), 0)::bigint FROM prices";
-
-/// A reader polling [`TOTALS`] on a connection of its own until stopped (then one last look).
-struct Reader {
-    stop: Arc<AtomicBool>,
-    looks: Arc<AtomicU64>,
-    task: JoinHandle<BTreeSet<Totals>>,
-}
-
-impl Reader {
-    async fn start(env: &TestEnv) -> Reader {
-        let client = ingest_core::db::connect(&env.database_url).await.unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let looks = Arc::new(AtomicU64::new(0));
-        let task = {
-            let (stop, looks) = (stop.clone(), looks.clone());
-            tokio::spawn(async move {
-                let mut seen = BTreeSet::new();
-                loop {
-                    let last = stop.load(Ordering::SeqCst);
-                    let row = client.query_one(TOTALS, &[]).await.unwrap();
-                    seen.insert((row.get(0), row.get(1)));
-                    looks.fetch_add(1, Ordering::SeqCst);
-                    if last {
-                        return seen;
-                    }
-                }
-            })
-        };
-        Reader { stop, looks, task }
-    }
-
-    /// Waits until the reader looked at least `n` times.
-    async fn looked(&self, n: u64) {
-        poll("the reader to look", WITHIN, || async {
-            (self.looks.load(Ordering::SeqCst) >= n).then_some(())
-        })
-        .await;
-    }
-
-    /// Stops the reader; every total it saw, and how many looks it took.
-    async fn finish(self) -> (BTreeSet<Totals>, u64) {
-        self.stop.store(true, Ordering::SeqCst);
-        let seen = self.task.await.unwrap();
-        (seen, self.looks.load(Ordering::SeqCst))
-    }
-}
-
-async fn totals(env: &TestEnv) -> Totals {
-    let row = env.db.query_one(TOTALS, &[]).await.unwrap();
-    (row.get(0), row.get(1))
-}
 
 /// `POST /batches/{id}/retract` (`id` as text: a test may send one that is not a number).
 async fn retract(env: &TestEnv, id: &str, token: Option<&str>) -> (u16, Answer) {
@@ -87,36 +27,6 @@ async fn retract(env: &TestEnv, id: &str, token: Option<&str>) -> (u16, Answer) 
     (code, Answer::read(body))
 }
 
-/// Submits `rows` generated rows (seed `seed`, with the bearer token when `env` needs one) and
-/// waits until the batch is committed.
-async fn committed(env: &TestEnv, seed: u64, rows: u64, token: Option<&str>) -> BatchId {
-    let codes = ingest_testkit::rates_file::port_codes(&ingest_testkit::data_dir());
-    let file = ingest_testkit::rates_file::whole(&codes, seed, rows);
-    let bearer = token.map(|token| format!("Bearer {token}"));
-    let headers: Vec<(&str, &str)> = bearer
-        .as_deref()
-        .map(|bearer| ("authorization", bearer))
-        .into_iter()
-        .collect();
-    let (code, accepted) = env.submit_with(file, &headers).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let status = env.wait_final(accepted.id(), WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
-    accepted.id()
-}
-
-/// Whether the batch's staging table still exists (its own partition, until merged or dropped).
-async fn own_table(env: &TestEnv, id: BatchId) -> bool {
-    env.db
-        .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
-            &[&format!("price_batches.batch_{id}")],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// Partitions of `prices_by_batch`.
 async fn partitions(env: &TestEnv) -> i64 {
     env.db
@@ -127,17 +37,6 @@ async fn partitions(env: &TestEnv) -> i64 {
         .await
         .unwrap()
         .get(0)
-}
-
-/// The reader saw only `before` and `after`, and looked often enough to mean it.
-fn assert_only(seen: &BTreeSet<Totals>, looks: u64, before: Totals, after: Totals) {
-    let allowed = BTreeSet::from([before, after]);
-    assert!(
-        seen.is_subset(&allowed),
-        "a reader saw totals other than before {before:?} and after {after:?}: {seen:?}"
-    );
-    assert!(seen.contains(&after), "{seen:?}");
-    assert!(looks >= 10, "the reader looked only {looks} times");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -160,8 +59,7 @@ async fn a_committed_batch_is_retracted_whole_and_its_partition_dropped() {
     assert_eq!(status.state, BatchState::Retracted, "{status:#?}");
     assert!(status.retracted_at.is_some(), "{status:#?}");
     assert!(status.finished_at.is_some(), "{status:#?}");
-    let looks_at_retract = reader.looks.load(Ordering::SeqCst);
-    reader.looked(looks_at_retract + 5).await;
+    reader.looked_more(5).await;
     let (seen, looks) = reader.finish().await;
     assert_only(&seen, looks, before, after);
 
@@ -243,8 +141,7 @@ async fn a_batch_merged_into_a_shared_partition_is_deleted_from_it_alone() {
     let (code, answer) = retract(&env, &wrong.to_string(), None).await;
     assert_eq!(code, 200, "{answer:?}");
     assert_eq!(answer.batch().state, BatchState::Retracted);
-    let looks_at_retract = reader.looks.load(Ordering::SeqCst);
-    reader.looked(looks_at_retract + 5).await;
+    reader.looked_more(5).await;
     let (seen, looks) = reader.finish().await;
     assert_only(&seen, looks, before, after);
 
@@ -344,9 +241,10 @@ async fn refusals_change_nothing() {
             &format!(r#"ingest_retracts_total{{outcome="{name}"}}"#),
         )
     };
-    assert_eq!(outcome("not_committed"), Some(3.0), "{metrics}");
-    assert_eq!(outcome("unknown"), Some(1.0), "{metrics}");
-    assert_eq!(outcome("retracted"), Some(1.0), "{metrics}");
+    // The counters are the test process's, shared with the tests that run alongside.
+    assert!(outcome("not_committed") >= Some(3.0), "{metrics}");
+    assert!(outcome("unknown") >= Some(1.0), "{metrics}");
+    assert!(outcome("retracted") >= Some(1.0), "{metrics}");
     env.stop_workers().await;
 }
 
@@ -435,8 +333,7 @@ async fn a_coordinator_killed_in_the_middle_of_a_retract_leaves_it_undone_and_it
     };
     assert_eq!(code, expected, "{answer:?}");
     assert_eq!(answer.batch().state, BatchState::Retracted);
-    let looks_at_retract = reader.looks.load(Ordering::SeqCst);
-    reader.looked(looks_at_retract + 5).await;
+    reader.looked_more(5).await;
     let (seen, looks) = reader.finish().await;
     assert_only(&seen, looks, before, after);
     assert_eq!(env.batch_totals(wrong).await, (0, 0));

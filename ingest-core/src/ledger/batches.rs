@@ -4,7 +4,7 @@
 //! would make that wait (a worker still copying into a part): then the state changes alone, at
 //! once, and the tables are left for the sweep ([`leftover_tables`]), as is whatever a crash left.
 
-use super::{batch_states, from_i64, to_i32, to_i64, Stored};
+use super::{batch_states, from_i64, replaceable, to_i32, to_i64, NotReplaceable, Stored};
 use crate::batch::{BatchId, BatchState};
 use crate::chunk::ChunkState;
 use crate::schema;
@@ -19,24 +19,46 @@ pub enum NewBatch {
     Created(BatchId),
     /// A batch with the same idempotency key already exists.
     Existing(BatchId),
+    /// The batch it was to replace cannot be replaced: nothing was recorded.
+    NotReplaceable(NotReplaceable),
 }
 
 /// Records a new batch in `receiving`, fed by the coordinator `receiver`, and creates its staging
 /// table and the table of its chunks' copies, in one transaction. With an idempotency key that
-/// was seen before, returns the earlier batch and creates nothing.
+/// was seen before, returns the earlier batch and creates nothing. With `replaces`, the batch is
+/// to replace that one when it commits (see [`super::replace`]), which must be committed and not
+/// replaced yet — except for a key seen before: a retry of a replacement finds its batch even
+/// when that batch has replaced the old one meanwhile.
 pub async fn create_batch(
     client: &mut Client,
     idempotency_key: Option<&IdempotencyKey>,
+    replaces: Option<BatchId>,
     parts: u16,
     receiver: &str,
 ) -> Result<NewBatch, tokio_postgres::Error> {
     let key = idempotency_key.map(IdempotencyKey::as_str);
     let tx = client.transaction().await?;
+    if let Some(old) = replaces {
+        if let Err(refusal) = replaceable(&tx, old).await? {
+            let existing = tx
+                .query_opt("SELECT id FROM batches WHERE idempotency_key = $1", &[&key])
+                .await?;
+            return Ok(match existing {
+                Some(row) => NewBatch::Existing(BatchId(row.get(0))),
+                None => NewBatch::NotReplaceable(refusal),
+            });
+        }
+    }
     let row = tx
         .query_opt(
-            "INSERT INTO batches (state, idempotency_key, receiver) VALUES ($1, $2, $3)
+            "INSERT INTO batches (state, idempotency_key, receiver, replaces) VALUES ($1, $2, $3, $4)
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            &[&BatchState::Receiving.as_str(), &key, &receiver],
+            &[
+                &BatchState::Receiving.as_str(),
+                &key,
+                &receiver,
+                &replaces.map(BatchId::get),
+            ],
         )
         .await?;
     let Some(row) = row else {

@@ -9,7 +9,8 @@
 //! - [`chunks`]: a chunk's life, its durable copy, and the chunks that must be handed out again;
 //! - [`commit_lease`]: which coordinator commits a batch, for how long, and where it is;
 //! - [`coordinators`]: the coordinators that run, seen through their heartbeats;
-//! - [`retract`]: a committed batch taken back out of `prices`, in one transaction.
+//! - [`retract`]: a committed batch taken back out of `prices`, in one transaction;
+//! - [`replace`]: a committed batch replaced by a corrected one, in the new one's commit.
 //!
 //! The guarantee that matters most sits in [`finish_chunk`]: a worker marks its chunk loaded in
 //! the same transaction as its COPY, and the guarded update takes the chunk's row lock first,
@@ -19,12 +20,14 @@ mod batches;
 mod chunks;
 mod commit_lease;
 mod coordinators;
+mod replace;
 mod retract;
 
 pub use batches::*;
 pub use chunks::*;
 pub use commit_lease::*;
 pub use coordinators::*;
+pub use replace::*;
 pub use retract::*;
 
 use crate::batch::BatchState;
@@ -61,13 +64,16 @@ where
     }
 }
 
-/// The batch state in column `index` of a row read from `batches` (for queries outside this
-/// folder, such as the status): a name that is not a state is an error.
-pub fn batch_state_at(
+/// The batch state in `column` (an index or a name) of a row read from `batches` (for queries
+/// outside this folder, such as the status): a name that is not a state is an error.
+pub fn batch_state_at<I>(
     row: &tokio_postgres::Row,
-    index: usize,
-) -> Result<BatchState, tokio_postgres::Error> {
-    Ok(row.try_get::<_, Stored<BatchState>>(index)?.0)
+    column: I,
+) -> Result<BatchState, tokio_postgres::Error>
+where
+    I: tokio_postgres::row::RowIndex + std::fmt::Display,
+{
+    Ok(row.try_get::<_, Stored<BatchState>>(column)?.0)
 }
 
 /// A count or size for an `integer` column (saturating: no ledger number comes near 2³¹).

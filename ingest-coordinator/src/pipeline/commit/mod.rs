@@ -18,7 +18,10 @@
 //!    would hold `SHARE ROW EXCLUSIVE` on `ports` and validate one table after the other:
 //!    measured 2.2 s against 1.3 s for two parts of 8M rows on two cores);
 //! 4. one transaction: the batch's row lock, ATTACH PARTITION, `committed` — only under the
-//!    lease's fence, so a holder that lost the lease commits nothing;
+//!    lease's fence, so a holder that lost the lease commits nothing. A batch submitted with
+//!    `Replaces: <old>` retracts `old` in this same transaction (`ledger::replace`): readers
+//!    see the old batch or the new one, never both, never neither; an `old` that was retracted
+//!    or replaced by another batch meanwhile fails this one, naming why;
 //! 5. the lease released and the chunks' copies dropped (copies a kill leaves are dropped by the
 //!    redrive's sweep).
 //!
@@ -41,12 +44,12 @@ pub mod lease;
 use crate::state::AppState;
 use ingest_core::batch::{BatchId, BatchState};
 use ingest_core::fault::Fault;
-use ingest_core::ledger::{self, Ending};
+use ingest_core::ledger::{self, Ending, ReplaceError};
 use ingest_core::metrics as m;
 use ingest_core::schema;
 use ingest_wire::CommitStep;
 use lease::{CommitLease, Taking};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::Instrument;
 
@@ -95,7 +98,8 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         Taking::NotCommitting => return Ok(Committed::Skipped),
     };
     let index_first = !app.config.visible_before_index;
-    let mut result = commit_locked(&mut lease, batch_id, started, index_first).await;
+    let lock_wait = app.config.merge_lock();
+    let mut result = commit_locked(&mut lease, batch_id, started, index_first, lock_wait).await;
     if lease.is_lost() && !matches!(result, Ok(Visible(_))) {
         tracing::warn!(%batch_id, "lost the commit lease to another coordinator; stopped");
         result = Ok(Other(Committed::LostLease));
@@ -141,12 +145,14 @@ enum Locked {
 }
 use Locked::{Other, Visible};
 
-/// Steps 3 and 4, under the commit lease.
+/// Steps 3 and 4, under the commit lease. A replacement's locks (the old batch's DETACH queues
+/// readers behind it while it waits) are waited for at most `lock_wait`, like a retract's.
 async fn commit_locked(
     lease: &mut CommitLease,
     batch_id: BatchId,
     started: Instant,
     index_first: bool,
+    lock_wait: Duration,
 ) -> Result<Locked, Fault> {
     // Under the lease, look again: another coordinator may have finished it meanwhile.
     if ledger::batch_state(lease.client(), batch_id).await? != Some(BatchState::Committing) {
@@ -180,21 +186,78 @@ async fn commit_locked(
     })
     .await?;
     lease.step(CommitStep::Attach).await?;
+    attach(lease, batch_id, started, lock_wait).await
+}
+
+/// Step 4: one transaction that attaches the batch, retracts the batch it replaces (if any) and
+/// marks it committed, under the lease's fence.
+async fn attach(
+    lease: &mut CommitLease,
+    batch_id: BatchId,
+    started: Instant,
+    lock_wait: Duration,
+) -> Result<Locked, Fault> {
     let fence = lease.fence();
     let tx = lease.client_mut().transaction().await?;
     if ledger::lock_batch(&tx, batch_id).await? != Some(BatchState::Committing) {
         return Ok(Other(Committed::Skipped));
     }
+    let replaces = ledger::replaces(&tx, batch_id).await?;
+    if let Some(old) = replaces {
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            lock_wait.as_millis().max(1)
+        ))
+        .await?;
+        replacing(batch_id, old, ledger::lock_replaced(&tx, old).await)?;
+    }
     tx.batch_execute(&schema::attach_sql(batch_id))
         .await
         .map_err(|error| step_fault("attaching the batch to prices", &error))?;
+    let replaced = match replaces {
+        Some(old) => Some((
+            old,
+            replacing(batch_id, old, ledger::replace_in(&tx, old, batch_id).await)?,
+        )),
+        None => None,
+    };
     let Some(rows) = ledger::finish_commit(&tx, batch_id, fence, started.elapsed()).await? else {
         return Ok(Other(Committed::Skipped));
     };
     tx.commit()
         .await
         .map_err(|error| step_fault("committing the attach", &error))?;
+    if let Some((old, retracted)) = replaced {
+        metrics::counter!(m::RETRACTS, "outcome" => "replaced").increment(1);
+        tracing::info!(
+            %batch_id,
+            replaced = %old,
+            rows = retracted.rows,
+            removal = retracted.removal.as_str(),
+            "the batch it replaces was retracted in the same transaction"
+        );
+    }
     Ok(Visible(rows))
+}
+
+/// A step of a replacement's commit, as a commit outcome: the batch it replaces no longer
+/// replaceable (retracted or replaced by another batch meanwhile) fails this one, naming why; a
+/// lock that did not come in time (a merge, a long reader) is an outage, tried again.
+fn replacing<T>(
+    batch_id: BatchId,
+    old: BatchId,
+    step: Result<T, ReplaceError>,
+) -> Result<T, Fault> {
+    step.map_err(|error| match error {
+        ReplaceError::NotReplaceable(reason) => Fault::Refused(format!(
+            "batch {batch_id} was to replace batch {old}, which cannot be replaced any more: \
+             {reason}; nothing of batch {batch_id} was committed"
+        )),
+        ReplaceError::LockTimeout(reason) => Fault::Outage(format!(
+            "retracting batch {old}, which this one replaces: {reason}"
+        )),
+        ReplaceError::Outage(fault) => fault,
+    })
 }
 
 /// Runs each part's statements in a session of the lease of its own, all parts at once, each
