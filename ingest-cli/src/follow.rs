@@ -3,7 +3,7 @@
 
 use crate::api::{Coordinator, Failure};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, RowError};
+use ingest_wire::{BatchId, BatchState, BatchStatus, CommitStep, OutageStep, RowError};
 use std::time::{Duration, Instant};
 
 /// How often the status is read.
@@ -256,8 +256,8 @@ fn commit(status: &BatchStatus) -> Option<String> {
 fn outage(status: &BatchStatus) -> Option<String> {
     let outage = status.outage.as_ref()?;
     let current = matches!(
-        (status.state, outage.step.as_str()),
-        (BatchState::Committing, "commit") | (BatchState::Loading, "load")
+        (status.state, outage.step),
+        (BatchState::Committing, OutageStep::Commit) | (BatchState::Loading, OutageStep::Load)
     );
     current.then(|| {
         format!(

@@ -81,7 +81,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let mut client = db::connect(&config.database_url).await?;
     schema::migrate(&mut client).await?;
     drop(client);
-    let lease = config.coordinator_lease();
+    let lease = config.coordinator_lease;
     let pool = db::pool(
         &config.database_url,
         config.db_pool,
@@ -96,8 +96,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &config.amqp_url,
         broker::Start::in_order(config.amqp_in_order),
         "ingest-coordinator",
-        config.max_pause(),
-        Duration::from_secs(config.ride_through_seconds),
+        config.max_pause,
+        config.ride_through,
     )
     .await?;
     broker::declare(&amqp, &config.queue, config.queue_replicas)

@@ -1,32 +1,36 @@
 //! The coordinator's configuration: one typed struct, read from flags with environment
 //! variables as fallbacks, defaults that work on a machine with local PostgreSQL and RabbitMQ.
+//! Values are parsed at the edge (`ingest_core::setting`): durations as `Duration` (a bare
+//! number in the unit the variable's name says, or with a unit: `1500ms`, `2m`), the URLs and
+//! the token as types whose `Debug` hides what is secret — so `Debug` is derived.
 
 use clap::Parser;
 use ingest_core::outage::Patience;
+use ingest_core::setting::{self, Url};
 use ingest_core::{broker, db};
-use std::fmt;
+use secrecy::{ExposeSecret, SecretString};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Everything the coordinator needs to know. Its `Debug` leaves the token out.
-#[derive(Clone, Parser)]
+/// Everything the coordinator needs to know. Its `Debug` shows no password and no token.
+#[derive(Debug, Clone, Parser)]
 pub struct Config {
     /// PostgreSQL primary.
     #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
-    pub database_url: String,
+    pub database_url: Url,
 
     /// RabbitMQ: one node's URL, or a cluster's nodes' URLs separated by commas (the process
     /// starts at one picked at random and goes on with the next when its node goes away).
     #[arg(long, env = "AMQP_URL", default_value = broker::DEFAULT_AMQP_URL)]
-    pub amqp_url: String,
+    pub amqp_url: Url,
 
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "INGEST_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
     /// Bearer token required by submit and cancel. Status reads stay open.
-    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    #[arg(long, env = "INGEST_TOKEN", hide_env_values = true, value_parser = setting::secret)]
+    pub token: Option<SecretString>,
 
     /// Allow listening on a non-loopback address without a token.
     #[arg(long, env = "INGEST_INSECURE", default_value_t = false)]
@@ -70,26 +74,31 @@ pub struct Config {
 
     /// How long an upload waits for PostgreSQL or RabbitMQ to come back (reading no
     /// more of the body meanwhile) before the batch fails with 503, in seconds.
-    #[arg(long, env = "INGEST_RIDE_THROUGH_SECONDS", default_value_t = 120)]
-    pub ride_through_seconds: u64,
+    #[arg(long = "ride-through-seconds", env = "INGEST_RIDE_THROUGH_SECONDS", default_value = "120",
+          value_parser = setting::seconds)]
+    pub ride_through: Duration,
 
     /// The longest pause between two tries of a step that hit an outage, in milliseconds.
-    #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
-    pub backoff_max_ms: u64,
+    #[arg(long = "backoff-max-ms", env = "INGEST_BACKOFF_MAX_MS", default_value = "5000",
+          value_parser = setting::millis)]
+    pub max_pause: Duration,
 
     /// A chunk recorded but not confirmed by RabbitMQ, or queued with no worker's claim this long
     /// after a chunk published later was claimed (or while the queue holds nothing ready), is
     /// handed out again after this many seconds.
-    #[arg(long, env = "INGEST_REDRIVE_AFTER_SECONDS", default_value_t = 30.0)]
-    pub redrive_after_seconds: f64,
+    #[arg(long = "redrive-after-seconds", env = "INGEST_REDRIVE_AFTER_SECONDS", default_value = "30",
+          value_parser = setting::seconds)]
+    pub redrive_after: Duration,
 
     /// How often the coordinator looks for batches ready to commit, in milliseconds.
-    #[arg(long, env = "INGEST_COMMIT_POLL_MS", default_value_t = 200)]
-    pub commit_poll_ms: u64,
+    #[arg(long = "commit-poll-ms", env = "INGEST_COMMIT_POLL_MS", default_value = "200",
+          value_parser = setting::millis)]
+    pub commit_poll: Duration,
 
     /// How often the coordinator looks for chunks to hand out again, in milliseconds.
-    #[arg(long, env = "INGEST_REDRIVE_POLL_MS", default_value_t = 1000)]
-    pub redrive_poll_ms: u64,
+    #[arg(long = "redrive-poll-ms", env = "INGEST_REDRIVE_POLL_MS", default_value = "1000",
+          value_parser = setting::millis)]
+    pub redrive_poll: Duration,
 
     /// Make a batch visible as soon as its rows are loaded and its foreign keys validated, and
     /// build its read index afterwards (CREATE INDEX CONCURRENTLY): sooner visible, but reads of
@@ -103,17 +112,21 @@ pub struct Config {
     pub partitions_max: usize,
 
     /// Partitions this big or bigger (bytes, with their index) are never merged again.
-    #[arg(long, env = "INGEST_MERGE_MAX_BYTES", default_value_t = 1 << 30)]
-    pub merge_max_bytes: u64,
+    #[arg(long, env = "INGEST_MERGE_MAX_BYTES", default_value_t = 1 << 30,
+          value_parser = clap::value_parser!(i64).range(1..))]
+    pub merge_max_bytes: i64,
 
-    /// How long a merge waits for a lock on `prices_by_batch` before it gives up and tries
-    /// later (a reader waits at most about this long for a merge), in milliseconds.
-    #[arg(long, env = "INGEST_MERGE_LOCK_MS", default_value_t = 1000)]
-    pub merge_lock_ms: u64,
+    /// How long a merge, a retract or a replacing commit waits for a lock on `prices_by_batch`
+    /// before it gives up and tries later (a reader waits at most about this long behind it),
+    /// in milliseconds.
+    #[arg(long = "merge-lock-ms", env = "INGEST_MERGE_LOCK_MS", default_value = "1000",
+          value_parser = setting::millis)]
+    pub merge_lock: Duration,
 
     /// How often the coordinator counts partitions to merge, in milliseconds.
-    #[arg(long, env = "INGEST_MERGE_POLL_MS", default_value_t = 5000)]
-    pub merge_poll_ms: u64,
+    #[arg(long = "merge-poll-ms", env = "INGEST_MERGE_POLL_MS", default_value = "5000",
+          value_parser = setting::millis)]
+    pub merge_poll: Duration,
 
     /// Parts each batch's staging table is split into (chunks go to the parts in turn). At
     /// commit the parts' foreign keys are validated, and their indexes built, at the same time,
@@ -127,8 +140,9 @@ pub struct Config {
     /// renewal of a commit lease) before they take over what it held: the uploads it was feeding
     /// are ended, and a commit it was running is taken over, its sessions ended. Also the longest
     /// any of its sessions may idle inside a transaction. In seconds.
-    #[arg(long, env = "INGEST_COORDINATOR_LEASE_SECONDS", default_value_t = 30.0)]
-    pub coordinator_lease_seconds: f64,
+    #[arg(long = "coordinator-lease-seconds", env = "INGEST_COORDINATOR_LEASE_SECONDS",
+          default_value = "30", value_parser = setting::seconds)]
+    pub coordinator_lease: Duration,
 
     /// PostgreSQL connections in the coordinator's pool.
     #[arg(long, env = "INGEST_DB_POOL", default_value_t = 16)]
@@ -146,7 +160,8 @@ impl Config {
         Config::parse_from(["ingest-coordinator"])
     }
 
-    /// Refuses settings that would be unsafe, lose data or cannot work, with one line.
+    /// Refuses settings that would be unsafe, lose data or cannot work, with one line naming
+    /// the flag and its variable.
     pub fn check(&self) -> anyhow::Result<()> {
         broker::Nodes::parse(&self.amqp_url)?;
         if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
@@ -155,7 +170,11 @@ impl Config {
                 self.listen
             );
         }
-        if self.token.as_deref() == Some("") {
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|token| token.expose_secret().is_empty())
+        {
             anyhow::bail!("INGEST_TOKEN is set but empty");
         }
         let at_least_one = [
@@ -170,43 +189,39 @@ impl Config {
                 self.max_line_bytes as u64,
             ),
             (
-                "--commit-poll-ms (INGEST_COMMIT_POLL_MS)",
-                self.commit_poll_ms,
-            ),
-            (
-                "--redrive-poll-ms (INGEST_REDRIVE_POLL_MS)",
-                self.redrive_poll_ms,
-            ),
-            (
-                "--ride-through-seconds (INGEST_RIDE_THROUGH_SECONDS)",
-                self.ride_through_seconds,
-            ),
-            (
-                "--backoff-max-ms (INGEST_BACKOFF_MAX_MS)",
-                self.backoff_max_ms,
+                "--max-attempts (INGEST_MAX_ATTEMPTS)",
+                u64::from(self.max_attempts),
             ),
             ("--db-pool (INGEST_DB_POOL)", self.db_pool as u64),
             (
                 "--partitions-max (INGEST_PARTITIONS_MAX)",
                 self.partitions_max as u64,
             ),
-            ("--merge-lock-ms (INGEST_MERGE_LOCK_MS)", self.merge_lock_ms),
-            (
-                "--merge-max-bytes (INGEST_MERGE_MAX_BYTES)",
-                self.merge_max_bytes,
-            ),
-            ("--merge-poll-ms (INGEST_MERGE_POLL_MS)", self.merge_poll_ms),
         ];
         if let Some((name, _)) = at_least_one.iter().find(|(_, value)| *value == 0) {
             anyhow::bail!("{name} must be at least 1");
         }
-        if self.max_attempts == 0 {
-            anyhow::bail!("--max-attempts (INGEST_MAX_ATTEMPTS) must be at least 1");
+        let positive = [
+            ("--commit-poll-ms (INGEST_COMMIT_POLL_MS)", self.commit_poll),
+            (
+                "--redrive-poll-ms (INGEST_REDRIVE_POLL_MS)",
+                self.redrive_poll,
+            ),
+            (
+                "--ride-through-seconds (INGEST_RIDE_THROUGH_SECONDS)",
+                self.ride_through,
+            ),
+            ("--backoff-max-ms (INGEST_BACKOFF_MAX_MS)", self.max_pause),
+            ("--merge-lock-ms (INGEST_MERGE_LOCK_MS)", self.merge_lock),
+            ("--merge-poll-ms (INGEST_MERGE_POLL_MS)", self.merge_poll),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            anyhow::bail!("{name} must be at least 1");
         }
-        if !self.redrive_after_seconds.is_finite() || self.redrive_after_seconds <= 0.0 {
+        if self.redrive_after.is_zero() {
             anyhow::bail!("--redrive-after-seconds (INGEST_REDRIVE_AFTER_SECONDS) must be above 0");
         }
-        if !self.coordinator_lease_seconds.is_finite() || self.coordinator_lease_seconds < 1.0 {
+        if self.coordinator_lease < Duration::from_secs(1) {
             anyhow::bail!(
                 "--coordinator-lease-seconds (INGEST_COORDINATOR_LEASE_SECONDS) must be at least 1"
             );
@@ -214,85 +229,14 @@ impl Config {
         Ok(())
     }
 
-    /// How an upload rides through an outage: for `ride_through_seconds`, pausing at most
-    /// `backoff_max_ms`.
+    /// How an upload rides through an outage: for `ride_through`, pausing at most
+    /// `max_pause`.
     pub fn upload_patience(&self) -> Patience {
-        Patience::new(
-            Duration::from_secs(self.ride_through_seconds),
-            self.max_pause(),
-        )
+        Patience::new(self.ride_through, self.max_pause)
     }
 
-    /// How long this coordinator may go unseen before its peers take over what it held.
-    pub fn coordinator_lease(&self) -> Duration {
-        Duration::from_secs_f64(self.coordinator_lease_seconds)
-    }
-
-    /// How long an unconfirmed or unclaimed chunk waits before it is handed out again.
-    pub fn redrive_after(&self) -> Duration {
-        Duration::from_secs_f64(self.redrive_after_seconds)
-    }
-
-    /// The longest pause between two tries.
-    pub fn max_pause(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
-    }
-
-    /// The commit loop's period.
-    pub fn commit_poll(&self) -> Duration {
-        Duration::from_millis(self.commit_poll_ms)
-    }
-
-    /// The merge loop's period.
-    pub fn merge_poll(&self) -> Duration {
-        Duration::from_millis(self.merge_poll_ms)
-    }
-
-    /// Partitions at least this big are not merged.
-    pub fn merge_max_bytes(&self) -> i64 {
-        i64::try_from(self.merge_max_bytes).unwrap_or(i64::MAX)
-    }
-
-    /// How long a merge waits for a lock.
-    pub fn merge_lock(&self) -> Duration {
-        Duration::from_millis(self.merge_lock_ms)
-    }
-
-    /// The redrive loop's period.
-    pub fn redrive_poll(&self) -> Duration {
-        Duration::from_millis(self.redrive_poll_ms)
-    }
-}
-
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("database_url", &db::redact(&self.database_url))
-            .field("amqp_url", &broker::redact(&self.amqp_url))
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
-            .field("insecure", &self.insecure)
-            .field("queue", &self.queue)
-            .field("queue_replicas", &self.queue_replicas)
-            .field("amqp_in_order", &self.amqp_in_order)
-            .field("chunk_rows", &self.chunk_rows)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_line_bytes", &self.max_line_bytes)
-            .field("max_errors", &self.max_errors)
-            .field("max_attempts", &self.max_attempts)
-            .field("ride_through_seconds", &self.ride_through_seconds)
-            .field("backoff_max_ms", &self.backoff_max_ms)
-            .field("redrive_after_seconds", &self.redrive_after_seconds)
-            .field("commit_poll_ms", &self.commit_poll_ms)
-            .field("redrive_poll_ms", &self.redrive_poll_ms)
-            .field("visible_before_index", &self.visible_before_index)
-            .field("partitions_max", &self.partitions_max)
-            .field("merge_max_bytes", &self.merge_max_bytes)
-            .field("merge_lock_ms", &self.merge_lock_ms)
-            .field("merge_poll_ms", &self.merge_poll_ms)
-            .field("batch_parts", &self.batch_parts)
-            .field("coordinator_lease_seconds", &self.coordinator_lease_seconds)
-            .field("db_pool", &self.db_pool)
-            .finish()
+    /// The token requests that change something must bear, if one is set.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(ExposeSecret::expose_secret)
     }
 }

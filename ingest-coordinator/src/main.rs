@@ -77,8 +77,8 @@ async fn merge(config: Config) -> anyhow::Result<()> {
         let (count, merged) = ingest_coordinator::pipeline::merge::pass(
             &mut client,
             config.partitions_max,
-            config.merge_max_bytes(),
-            config.merge_lock(),
+            config.merge_max_bytes,
+            config.merge_lock,
         )
         .await?;
         match merged {

@@ -22,3 +22,4 @@ pub mod metrics;
 pub mod outage;
 pub mod process;
 pub mod schema;
+pub mod setting;

@@ -253,25 +253,25 @@ impl TestEnv {
         let queue = format!("ingest.test.{suffix:x}");
 
         let mut config = Config::defaults();
-        config.database_url = database_url.clone();
-        config.amqp_url = amqp_url.clone();
+        config.database_url = database_url.clone().into();
+        config.amqp_url = amqp_url.clone().into();
         config.amqp_in_order = options.amqp_url.is_some();
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.queue = queue.clone();
         config.chunk_rows = options.chunk_rows;
-        config.token = options.token.clone();
+        config.token = options.token.as_deref().map(Into::into);
         config.max_errors = options.max_errors;
         config.max_body_bytes = options.max_body_bytes;
-        config.commit_poll_ms = options.commit_poll_ms;
-        config.redrive_poll_ms = 200;
+        config.commit_poll = Duration::from_millis(options.commit_poll_ms);
+        config.redrive_poll = Duration::from_millis(200);
         config.partitions_max = options.partitions_max;
         config.visible_before_index = options.visible_before_index;
-        config.merge_poll_ms = 500;
-        config.redrive_after_seconds = options.redrive_after_seconds;
+        config.merge_poll = Duration::from_millis(500);
+        config.redrive_after = Duration::from_secs_f64(options.redrive_after_seconds);
         config.max_attempts = options.max_attempts;
-        config.backoff_max_ms = 200;
-        config.ride_through_seconds = 60;
-        config.coordinator_lease_seconds = options.coordinator_lease_seconds;
+        config.max_pause = Duration::from_millis(200);
+        config.ride_through = Duration::from_secs(60);
+        config.coordinator_lease = Duration::from_secs_f64(options.coordinator_lease_seconds);
         config.db_pool = 8;
 
         let mut seed_client = db::connect(&database_url).await.expect("test database");
@@ -325,8 +325,8 @@ impl TestEnv {
     pub fn start_worker_loading(&mut self, concurrency: usize) {
         {
             let mut config = ingest_worker::Config::defaults();
-            config.database_url = self.database_url.clone();
-            config.amqp_url = self.amqp_url.clone();
+            config.database_url = self.database_url.clone().into();
+            config.amqp_url = self.amqp_url.clone().into();
             config.amqp_in_order = self.config.amqp_in_order;
             config.lease_seconds = self.worker_lease_seconds;
             config.queue = self.queue.clone();

@@ -150,12 +150,72 @@ pub struct ChunkCounts {
     pub failed: u64,
 }
 
+/// The steps of a batch that ride through an outage (and note it in the batch's status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OutageStep {
+    /// A worker loading one of the batch's chunks.
+    Load,
+    /// The coordinator committing the batch.
+    Commit,
+}
+
+impl OutageStep {
+    /// Every step.
+    pub const ALL: [OutageStep; 2] = [OutageStep::Load, OutageStep::Commit];
+
+    /// The name shown in the API and stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutageStep::Load => "load",
+            OutageStep::Commit => "commit",
+        }
+    }
+}
+
+impl fmt::Display for OutageStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step equals its name (`outage.step == "commit"`).
+impl PartialEq<&str> for OutageStep {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+/// A name that is not an [`OutageStep`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownStep(pub String);
+
+impl fmt::Display for UnknownStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown outage step {:?}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownStep {}
+
+impl std::str::FromStr for OutageStep {
+    type Err = UnknownStep;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        OutageStep::ALL
+            .into_iter()
+            .find(|step| step.as_str() == s)
+            .ok_or_else(|| UnknownStep(s.to_string()))
+    }
+}
+
 /// An outage a batch's step met: it is tried again, and the batch does not fail for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Outage {
-    /// The step (`load`, `commit`).
-    pub step: String,
+    /// The step that met it.
+    pub step: OutageStep,
     /// Which attempt of the step met it (from 1).
     pub attempt: u32,
     /// What went wrong.

@@ -1,11 +1,13 @@
-//! The worker's configuration: one typed struct, from flags with environment fallbacks.
+//! The worker's configuration: one typed struct, from flags with environment fallbacks. The URLs
+//! are `ingest_core::setting::Url`, whose `Debug` leaves the password out, so `Debug` is derived.
 
 use clap::Parser;
+use ingest_core::setting::Url;
 use ingest_core::{broker, db};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Everything a worker needs to know.
+/// Everything a worker needs to know. Its `Debug` shows no password.
 #[derive(Debug, Clone, Parser)]
 #[command(
     version,
@@ -14,12 +16,12 @@ use std::time::Duration;
 pub struct Config {
     /// PostgreSQL primary.
     #[arg(long, env = "DATABASE_URL", default_value = db::DEFAULT_DATABASE_URL)]
-    pub database_url: String,
+    pub database_url: Url,
 
     /// RabbitMQ: one node's URL, or a cluster's nodes' URLs separated by commas (the process
     /// starts at one picked at random and goes on with the next when its node goes away).
     #[arg(long, env = "AMQP_URL", default_value = broker::DEFAULT_AMQP_URL)]
-    pub amqp_url: String,
+    pub amqp_url: Url,
 
     /// The chunk queue on RabbitMQ.
     #[arg(long, env = "INGEST_QUEUE", default_value = broker::DEFAULT_QUEUE)]

@@ -268,7 +268,14 @@ impl Chunk {
             metrics::counter!(m::CHUNK_RETRIES, "reason" => "outage").increment(1);
             let pause = pauses.next().unwrap_or(self.patience.max_pause);
             tracing::warn!(%batch_id, %seq, attempt, %fault, ?pause, "outage; keeping the chunk and trying again");
-            unnoted = (!ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await)
+            unnoted = (!ledger::note_outage(
+                &self.pool,
+                batch_id,
+                ingest_wire::OutageStep::Load,
+                attempt,
+                &fault,
+            )
+            .await)
                 .then_some((attempt, fault));
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -281,7 +288,14 @@ impl Chunk {
             attempt += 1;
         };
         if let Some((attempt, fault)) = unnoted {
-            ledger::note_outage(&self.pool, batch_id, "load", attempt, &fault).await;
+            ledger::note_outage(
+                &self.pool,
+                batch_id,
+                ingest_wire::OutageStep::Load,
+                attempt,
+                &fault,
+            )
+            .await;
         }
         let label = match &outcome {
             Outcome::Loaded => "loaded",

@@ -17,7 +17,7 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let Some(expected) = app.config.token.as_deref() else {
+    let Some(expected) = app.config.token() else {
         return Ok(next.run(request).await);
     };
     let given = request

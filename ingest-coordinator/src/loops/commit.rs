@@ -14,6 +14,7 @@ use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
 use ingest_core::ledger;
 use ingest_core::outage::Retries;
+use ingest_wire::OutageStep;
 use std::collections::{HashMap, HashSet};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -28,9 +29,9 @@ type Done = (BatchId, Result<Committed, Fault>);
 /// Commits ready batches until `shutdown`, every `commit_poll` or when woken; on shutdown, waits
 /// for the commits under way.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(app.config.commit_poll());
+    let mut tick = tokio::time::interval(app.config.commit_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retries = Retries::new(app.config.max_pause());
+    let mut retries = Retries::new(app.config.max_pause);
     // Outages not yet in their batch's status (PostgreSQL was the outage): noted once it is back.
     let mut unnoted: HashMap<BatchId, (u32, Fault)> = HashMap::new();
     let mut commits: JoinSet<Done> = JoinSet::new();
@@ -72,7 +73,9 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
                 continue;
             }
             if let Some((attempt, fault)) = unnoted.remove(&batch_id) {
-                if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
+                if !ledger::note_outage(&app.pool, batch_id, OutageStep::Commit, attempt, &fault)
+                    .await
+                {
                     unnoted.insert(batch_id, (attempt, fault));
                 }
             }
@@ -106,7 +109,8 @@ async fn settle(
         Err(fault) => {
             let attempt = retries.failed(batch_id);
             tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
-            if !ledger::note_outage(&app.pool, batch_id, "commit", attempt, &fault).await {
+            if !ledger::note_outage(&app.pool, batch_id, OutageStep::Commit, attempt, &fault).await
+            {
                 unnoted.insert(batch_id, (attempt, fault));
             }
         }

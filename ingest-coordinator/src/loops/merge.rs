@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Merges partitions until `shutdown`, every `merge_poll`.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(app.config.merge_poll());
+    let mut tick = tokio::time::interval(app.config.merge_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -40,8 +40,8 @@ async fn pass(app: &AppState) -> Result<bool, Fault> {
     let (count, merged) = merge::pass(
         &mut client,
         app.config.partitions_max,
-        app.config.merge_max_bytes(),
-        app.config.merge_lock(),
+        app.config.merge_max_bytes,
+        app.config.merge_lock,
     )
     .await?;
     metrics::gauge!(m::PARTITIONS).set(count as f64);

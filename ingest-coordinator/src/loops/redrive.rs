@@ -45,20 +45,20 @@ const SWEEP_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// Re-drives chunks and sweeps uploads and tables until `shutdown`, every `redrive_poll`.
 pub async fn run(app: AppState, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(app.config.redrive_poll());
+    let mut tick = tokio::time::interval(app.config.redrive_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(fault) = redrive(&app, app.config.redrive_after()).await {
+        if let Err(fault) = redrive(&app, app.config.redrive_after).await {
             tracing::warn!(%fault, "redrive pass failed; will try again");
         }
         if let Err(fault) = take_back_dead_letters(&app).await {
             tracing::warn!(%fault, "dead-letter pass failed; will try again");
         }
-        if let Err(fault) = sweep_uploads(&app, app.config.redrive_after()).await {
+        if let Err(fault) = sweep_uploads(&app, app.config.redrive_after).await {
             tracing::warn!(%fault, "upload sweep failed; will try again");
         }
         if let Err(fault) = sweep_tables(&app).await {

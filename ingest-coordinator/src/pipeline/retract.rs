@@ -25,7 +25,7 @@ use tracing::Instrument;
 pub async fn retract(app: &AppState, batch_id: BatchId) -> Result<Retracted, RetractError> {
     let started = Instant::now();
     let pool = app.pool.clone();
-    let lock_wait = app.config.merge_lock();
+    let lock_wait = app.config.merge_lock;
     let task = tokio::spawn(
         async move {
             let mut client = pool

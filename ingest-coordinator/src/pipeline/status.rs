@@ -117,28 +117,30 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         commit_seconds: row.get("commit_seconds"),
         rows_per_second,
         eta_seconds,
-        outage: outage(row),
+        outage: outage(row)?,
         commit: None,
         indexed: row.get("indexed"),
     })
 }
 
 /// The last outage recorded for the batch, if any.
-fn outage(row: &Row) -> Option<Outage> {
-    match (
-        row.get("outage_step"),
-        row.get::<_, Option<i32>>("outage_attempt"),
-        row.get("outage_reason"),
-        row.get("outage_at"),
-    ) {
-        (Some(step), Some(attempt), Some(reason), Some(at)) => Some(Outage {
-            step,
-            attempt: u32::try_from(attempt).unwrap_or(0),
-            reason,
-            at,
-        }),
-        _ => None,
-    }
+fn outage(row: &Row) -> Result<Option<Outage>, tokio_postgres::Error> {
+    Ok(
+        match (
+            ledger::outage_step_at(row, "outage_step")?,
+            row.get::<_, Option<i32>>("outage_attempt"),
+            row.get("outage_reason"),
+            row.get("outage_at"),
+        ) {
+            (Some(step), Some(attempt), Some(reason), Some(at)) => Some(Outage {
+                step,
+                attempt: u32::try_from(attempt).unwrap_or(0),
+                reason,
+                at,
+            }),
+            _ => None,
+        },
+    )
 }
 
 /// One batch's status, with the earlier batches that had the same content.

@@ -135,7 +135,7 @@ async fn take_in(
             let reason = format!(
                 "the upload was given up: PostgreSQL or RabbitMQ was unavailable for longer \
                  than {} s; submit the file again",
-                app.config.ride_through_seconds
+                app.config.ride_through.as_secs_f64()
             );
             if let Err(error) = app.end_batch(batch_id, &Ending::upload_lost(reason)).await {
                 tracing::warn!(%batch_id, %error, "cannot record the failed upload yet; the sweep will");

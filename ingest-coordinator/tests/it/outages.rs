@@ -194,7 +194,7 @@ async fn an_outage_longer_than_an_upload_waits_ends_it_cleanly_with_a_503() {
     .await;
     env.stop_coordinator().await;
     let mut config = env.config.clone();
-    config.ride_through_seconds = 2;
+    config.ride_through = Duration::from_secs(2);
     env.start_coordinator_with(config).await;
     let services = Services::new();
     const ROWS: u64 = 400_000;

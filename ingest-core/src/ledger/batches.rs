@@ -8,7 +8,7 @@ use super::{batch_states, from_i64, replaceable, to_i32, to_i64, NotReplaceable,
 use crate::batch::{BatchId, BatchState};
 use crate::chunk::ChunkState;
 use crate::schema;
-use ingest_wire::{IdempotencyKey, RowError};
+use ingest_wire::{IdempotencyKey, OutageStep, RowError};
 use std::time::Duration;
 use tokio_postgres::{Client, Transaction};
 
@@ -377,7 +377,7 @@ pub async fn leftover_tables(
 pub async fn record_outage(
     client: &Client,
     batch_id: BatchId,
-    step: &str,
+    step: OutageStep,
     attempt: u32,
     reason: &str,
 ) -> Result<(), tokio_postgres::Error> {
@@ -386,18 +386,18 @@ pub async fn record_outage(
             "UPDATE batches SET outage_step = $2, outage_attempt = $3, outage_reason = $4,
                     outage_at = now()
              WHERE id = $1",
-            &[&batch_id.get(), &step, &to_i32(attempt), &reason],
+            &[&batch_id.get(), &step.as_str(), &to_i32(attempt), &reason],
         )
         .await?;
     Ok(())
 }
 
 /// [`record_outage`] if PostgreSQL takes it now: false when it does not (PostgreSQL may be the
-/// outage), for the caller to note it again later. `step` is `load` or `commit`.
+/// outage), for the caller to note it again later.
 pub async fn note_outage(
     pool: &deadpool_postgres::Pool,
     batch_id: BatchId,
-    step: &str,
+    step: OutageStep,
     attempt: u32,
     fault: &crate::fault::Fault,
 ) -> bool {

@@ -76,6 +76,20 @@ where
     Ok(row.try_get::<_, Stored<BatchState>>(column)?.0)
 }
 
+/// The outage step in `column` of a row read from `batches` (`None` when no outage is noted): a
+/// name that is not a step is an error.
+pub fn outage_step_at<I>(
+    row: &tokio_postgres::Row,
+    column: I,
+) -> Result<Option<ingest_wire::OutageStep>, tokio_postgres::Error>
+where
+    I: tokio_postgres::row::RowIndex + std::fmt::Display,
+{
+    Ok(row
+        .try_get::<_, Option<Stored<ingest_wire::OutageStep>>>(column)?
+        .map(|stored| stored.0))
+}
+
 /// A count or size for an `integer` column (saturating: no ledger number comes near 2³¹).
 fn to_i32(value: impl TryInto<i32>) -> i32 {
     value.try_into().unwrap_or(i32::MAX)

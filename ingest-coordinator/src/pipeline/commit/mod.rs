@@ -98,7 +98,7 @@ async fn commit_in(app: &AppState, batch_id: BatchId) -> Result<Committed, Fault
         Taking::NotCommitting => return Ok(Committed::Skipped),
     };
     let index_first = !app.config.visible_before_index;
-    let lock_wait = app.config.merge_lock();
+    let lock_wait = app.config.merge_lock;
     let mut result = commit_locked(&mut lease, batch_id, started, index_first, lock_wait).await;
     if lease.is_lost() && !matches!(result, Ok(Visible(_))) {
         tracing::warn!(%batch_id, "lost the commit lease to another coordinator; stopped");
