@@ -13,6 +13,8 @@ trap 'scripts/cluster/rabbitmq.sh stop || true; ensure_services' EXIT
 
 echo "== format"
 cargo fmt --all -- --check
+echo "== docs: every link and path named exists"
+python3 scripts/check-links.py
 echo "== lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== compose file"

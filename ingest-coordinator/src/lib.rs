@@ -4,11 +4,13 @@
 //!
 //! The folders show the roles:
 //! - [`pipeline`]: the steps the data walks, in order — submit, split (with the body readers,
-//!   the rates format and the COPY encoding), publish, commit (with its lease), status;
+//!   the rates format and the COPY encoding), publish, commit (with its lease), status — and
+//!   what acts on committed batches: merge (folding partitions) and retract;
 //! - [`http`]: the API around them — handlers, errors a client can quote, request ids, the
 //!   token, answering after an unread body;
 //! - [`loops`]: what runs in the background — the heartbeat, the commit loop, the redrive that
-//!   hands chunks out again and sweeps uploads nobody feeds, the merge.
+//!   hands chunks out again and sweeps uploads nobody feeds, the merge loop that keeps the
+//!   partitions of `prices_by_batch` within their bound.
 //!
 //! Any number of coordinators run side by side on one database and one queue: none keeps
 //! anything a batch needs on its own host ([`presence`] is how they see each other).

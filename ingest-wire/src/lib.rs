@@ -1,8 +1,11 @@
-//! The wire contract of the ingest API: what `GET /batches/{id}`, `GET /batches`, `/readyz` and
-//! every error answer look like, and the header names — one definition that the coordinator
-//! serialises, the CLI and the tests deserialise, and the OpenAPI description will be generated
-//! from. Like meilisearch keeps `meilisearch-types` apart from its scheduler, this crate holds no
-//! logic and depends on serde and chrono only, so a client needs nothing else.
+//! The wire contract of the ingest API: what `GET /batches/{id}`, `GET /batches`, the
+//! coordinator's and the worker's `/readyz` and every error answer look like, and the header
+//! names — one definition that the coordinator (and the worker, for its `/readyz`) serialises,
+//! the CLI and the tests deserialise, and the OpenAPI description that `GET /openapi.json` serves
+//! is generated from (`ingest-coordinator/src/http/openapi.rs`, through this crate's `openapi`
+//! feature, which derives utoipa's schemas). Like meilisearch keeps `meilisearch-types` apart
+//! from its scheduler, this crate holds no logic and depends on serde and chrono only (utoipa
+//! only with `openapi`, which the coordinator turns on), so a client needs nothing else.
 
 mod error;
 mod ids;
