@@ -13,8 +13,8 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{BatchId, IdempotencyKey, InvalidKey, LineNumber};
 pub use state::{BatchState, UnknownState};
 pub use status::{
-    BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, Readiness, RowError,
-    WorkerReadiness,
+    Alive, BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, Readiness,
+    RowError, WorkerReadiness,
 };
 
 /// Header names of the API.
