@@ -9,7 +9,8 @@
 //! - [`schema`] and [`broker`]: the tables and the queue topology both sides rely on.
 //!
 //! And both ride through the same faults alike: [`fault`] says whose fault a failed step is (only
-//! PostgreSQL refusing the rows fails a batch), [`outage`] how to try again.
+//! PostgreSQL refusing the rows fails a batch), [`outage`] how to try again; and both answer
+//! their probes alike ([`probe`]).
 
 pub mod batch;
 pub mod broker;
@@ -20,6 +21,7 @@ pub mod fault;
 pub mod ledger;
 pub mod metrics;
 pub mod outage;
+pub mod probe;
 pub mod process;
 pub mod schema;
 pub mod setting;

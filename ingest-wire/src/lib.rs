@@ -16,8 +16,8 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use ids::{BatchId, IdempotencyKey, InvalidKey, LineNumber};
 pub use state::{BatchState, UnknownState};
 pub use status::{
-    BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, OutageStep, Readiness,
-    RowError, UnknownStep, WorkerReadiness,
+    Alive, BatchPage, BatchStatus, ChunkCounts, CommitProgress, CommitStep, Outage, OutageStep,
+    Readiness, RowError, UnknownStep, WorkerReadiness,
 };
 
 /// Header names of the API.

@@ -1,5 +1,5 @@
 //! What a batch looks like from outside: `GET /batches/{id}`, the pages of `GET /batches`, and
-//! readiness.
+//! liveness and readiness.
 
 use crate::{BatchId, BatchState, LineNumber};
 use chrono::{DateTime, Utc};
@@ -274,6 +274,23 @@ pub struct BatchPage {
     pub batches: Vec<BatchStatus>,
     /// The URL of the next page, if there is one.
     pub next: Option<String>,
+}
+
+/// What `GET /healthz` says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Alive {
+    /// Always `ok`: the process answers.
+    pub status: String,
+}
+
+impl Alive {
+    /// The only answer: `ok`.
+    pub fn ok() -> Alive {
+        Alive {
+            status: "ok".into(),
+        }
+    }
 }
 
 /// What the coordinator's `GET /readyz` says: each dependency, ready or not.

@@ -2,19 +2,25 @@
 //! `/healthz` for a liveness probe (the process answers: the worker mends its own RabbitMQ
 //! connection, so an outage of a dependency is no reason to restart it) and `/readyz` for a
 //! readiness probe (it holds a consumer on the chunk queue, and PostgreSQL answers; it also says
-//! which RabbitMQ node the worker is on).
+//! which RabbitMQ node the worker is on). The answers are the coordinator's
+//! ([`ingest_core::probe`]); what is the worker's own is what it is ready by.
 
+use anyhow::Context;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use deadpool_postgres::Pool;
 use ingest_core::broker::Link;
-use ingest_wire::WorkerReadiness;
-use serde_json::json;
+use ingest_core::probe;
+use ingest_wire::{Alive, WorkerReadiness};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// What the probes look at.
 #[derive(Clone)]
@@ -39,6 +45,16 @@ impl Health {
         self.consuming.store(consuming, Ordering::SeqCst);
     }
 
+    /// The worker's readiness now: consuming, and PostgreSQL answers.
+    pub async fn readiness(&self) -> WorkerReadiness {
+        let postgres = probe::postgres_answers(&self.pool).await;
+        WorkerReadiness {
+            consuming: self.consuming.load(Ordering::SeqCst),
+            postgres,
+            rabbitmq_node: self.link.node(),
+        }
+    }
+
     /// The listener's routes.
     pub fn router(self) -> Router {
         Router::new()
@@ -47,39 +63,49 @@ impl Health {
             .route("/readyz", get(readyz))
             .with_state(self)
     }
+
+    /// Serves the routes on `listener` until [`Serving::stop`].
+    pub fn serve(self, listener: TcpListener) -> Serving {
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(
+            axum::serve(listener, self.router())
+                .with_graceful_shutdown(stop.clone().cancelled_owned())
+                .into_future(),
+        );
+        Serving { stop, served }
+    }
+}
+
+/// The listener, serving.
+pub struct Serving {
+    stop: CancellationToken,
+    served: JoinHandle<std::io::Result<()>>,
+}
+
+impl Serving {
+    /// Stops serving (answers under way finish) and waits until the listener is closed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.served
+            .await
+            .context("the health listener panicked")??;
+        Ok(())
+    }
 }
 
 /// `GET /metrics`.
 async fn metrics() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        ingest_core::metrics::render(),
-    )
+    probe::metrics()
 }
 
 /// `GET /healthz`: 200 while the process answers.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<Alive> {
+    Json(probe::alive())
 }
 
-/// `GET /readyz`: consuming (the loop holds a consumer) and PostgreSQL answers.
+/// `GET /readyz`: 200 when consuming (the loop holds a consumer) and PostgreSQL answers, 503
+/// otherwise.
 async fn readyz(State(health): State<Health>) -> (StatusCode, Json<WorkerReadiness>) {
-    let postgres = match health.pool.get().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    };
-    let readiness = WorkerReadiness {
-        consuming: health.consuming.load(Ordering::SeqCst),
-        postgres,
-        rabbitmq_node: health.link.node(),
-    };
-    let status = if readiness.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(readiness))
+    let readiness = health.readiness().await;
+    (probe::status(&readiness), Json(readiness))
 }

@@ -1,28 +1,18 @@
 //! Health: `GET /healthz` (the process answers) and `GET /readyz` (every dependency is there,
-//! and which one is not).
+//! and which one is not). The answers are the ones a worker gives too ([`ingest_core::probe`]).
 
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use ingest_wire::Readiness;
-use serde::Serialize;
-use utoipa::ToSchema;
-
-/// What `GET /healthz` says.
-#[derive(Serialize, ToSchema)]
-pub struct Alive {
-    /// Always `ok`: the process answers.
-    pub status: String,
-}
+use ingest_core::probe;
+use ingest_wire::{Alive, Readiness};
 
 /// `GET /healthz`: the process is up.
 #[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
     responses((status = 200, description = "The process answers", body = Alive)))]
 pub async fn healthz() -> Json<Alive> {
-    Json(Alive {
-        status: "ok".into(),
-    })
+    Json(probe::alive())
 }
 
 /// `GET /readyz`: PostgreSQL answers and RabbitMQ is connected; 503 with the missing one(s)
@@ -33,19 +23,10 @@ pub async fn healthz() -> Json<Alive> {
         (status = 503, description = "The dependencies marked false are missing", body = Readiness),
     ))]
 pub async fn readyz(State(app): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let postgres = match app.pool.get().await {
-        Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
-        Err(_) => false,
-    };
     let readiness = Readiness {
-        postgres,
+        postgres: probe::postgres_answers(&app.pool).await,
         rabbitmq: app.amqp.ensure().await,
         rabbitmq_node: app.amqp.node(),
     };
-    let status = if readiness.is_ready() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(readiness))
+    (probe::status(&readiness), Json(readiness))
 }

@@ -1,18 +1,15 @@
 //! `GET /metrics`: the Prometheus text of every metric (`ingest_core::metrics` lists them).
 //! Counters and histograms are kept as things happen; the gauges that describe the world —
 //! batches by state, the queues' depth and consumers, uploads in flight — are read at each
-//! scrape, so any coordinator answers the same about the ledger and the broker.
+//! scrape, so any coordinator answers the same about the ledger and the broker. The answer is
+//! rendered as a worker's is ([`ingest_core::probe`]).
 
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::header;
 use axum::response::IntoResponse;
 use ingest_core::metrics as m;
-use ingest_core::{broker, ledger};
+use ingest_core::{broker, ledger, probe};
 use ingest_wire::BatchState;
-
-/// The Prometheus text format's content type.
-const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`.
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
@@ -22,7 +19,7 @@ pub async fn metrics(State(app): State<AppState>) -> impl IntoResponse {
     metrics::gauge!(m::UPLOADS_IN_FLIGHT).set(app.receiving.len() as f64);
     read_batches(&app).await;
     read_queues(&app).await;
-    ([(header::CONTENT_TYPE, TEXT_FORMAT)], m::render())
+    probe::metrics()
 }
 
 /// Batches by state and the coordinators alive, from the ledger (left as they were when
