@@ -43,6 +43,20 @@ pub async fn migrate_to(
     result.map(|_| ())
 }
 
+/// The schema that holds the staging tables (each batch's, their parts, merged partitions).
+pub const STAGING_SCHEMA: &str = "price_batches";
+
+/// The qualified name of a table of the staging schema.
+pub fn staged(name: &str) -> String {
+    format!("{STAGING_SCHEMA}.{name}")
+}
+
+/// SQL for the qualified name of the staging table of the batch whose id is the SQL expression
+/// `batch_id` (as [`staging_table`] names it), for queries over many batches.
+pub fn staging_table_sql(batch_id: &str) -> String {
+    format!("'{STAGING_SCHEMA}.batch_' || {batch_id}")
+}
+
 /// The qualified name of a batch's staging table (later its partition). It is partitioned into
 /// parts ([`part_name`]), the tables that hold the rows.
 pub fn staging_table(batch_id: BatchId) -> String {
@@ -165,7 +179,7 @@ pub fn holds_rows_of(staging_table: &str) -> String {
 /// ([`holds_rows_of`]), in order.
 pub fn leaves_sql() -> String {
     format!(
-        "SELECT t.relname::text FROM pg_class t WHERE {} ORDER BY 1",
+        "SELECT t.relname::text AS name FROM pg_class t WHERE {} ORDER BY 1",
         holds_rows_of("$1")
     )
 }
@@ -192,6 +206,67 @@ pub fn detach_and_drop_sql(batch_id: BatchId) -> String {
 /// (not merged into a shared one yet). Reads the catalog alone.
 pub const OWN_PARTITION_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_inherits \
      WHERE inhrelid = to_regclass($1) AND inhparent = 'prices_by_batch'::regclass)";
+
+/// The name of the partition that merges `batches` (sorted): unique, since batch sets of
+/// partitions are disjoint and no partition holds as many batches as their union. `None` for no
+/// batch.
+pub fn merged_name(batches: &[BatchId]) -> Option<String> {
+    let (first, last) = (batches.first()?, batches.last()?);
+    Some(format!("merged_{first}_{last}_{}", batches.len()))
+}
+
+/// The list bound of a partition holding `batches`: `1, 2, 3`.
+fn list_bound(batches: &[BatchId]) -> String {
+    batches
+        .iter()
+        .map(|id| id.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// DDL that makes the merged partition `name` of `batches` from the rows of the partitions
+/// `sources` (qualified names): the table with a CHECK that matches its partition bound (so the
+/// ATTACH takes it over without a scan), its rows, its read index.
+pub fn create_merged_sql(name: &str, batches: &[BatchId], sources: &[String]) -> String {
+    let (table, values) = (staged(name), list_bound(batches));
+    let rows = sources
+        .iter()
+        .map(|source| {
+            format!("SELECT batch_id, orig_code, dest_code, day, price, part FROM {source}")
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    format!(
+        "CREATE TABLE {table} (LIKE prices_by_batch, CHECK (batch_id IN ({values})));\
+         INSERT INTO {table} (batch_id, orig_code, dest_code, day, price, part) {rows};\
+         CREATE INDEX {} ON {table} (orig_code, dest_code, day);",
+        index_name(name)
+    )
+}
+
+/// DDL that adds a foreign key (its definition, as [`foreign_keys`] reads it) to the merged
+/// partition `name`, validated as it is added.
+pub fn merged_foreign_key_sql(name: &str, definition: &str) -> String {
+    format!("ALTER TABLE {} ADD {definition}", staged(name))
+}
+
+/// DDL that puts the merged partition `name` of `batches` in the place of the partitions
+/// `sources`: DETACH them, ATTACH it, DROP them (catalog work only).
+pub fn swap_merged_sql(name: &str, batches: &[BatchId], sources: &[String]) -> String {
+    let mut swap = String::new();
+    for source in sources {
+        swap += &format!("ALTER TABLE prices_by_batch DETACH PARTITION {source};");
+    }
+    swap += &format!(
+        "ALTER TABLE prices_by_batch ATTACH PARTITION {} FOR VALUES IN ({});",
+        staged(name),
+        list_bound(batches)
+    );
+    for source in sources {
+        swap += &format!("DROP TABLE {source};");
+    }
+    swap
+}
 
 /// The transaction-level advisory lock that makes one change of the partitions' layout at a
 /// time across every coordinator: a merge takes it without waiting (a coordinator that does not

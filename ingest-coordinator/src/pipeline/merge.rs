@@ -30,7 +30,7 @@ use ingest_core::batch::BatchId;
 use ingest_core::fault::Fault;
 use ingest_core::schema;
 use std::time::Duration;
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::{Client, GenericClient, Transaction};
 
 /// One partition of `prices_by_batch`: a batch's table (partitioned into parts), a merged one,
 /// or batch 0's (rows written straight into `prices`).
@@ -63,12 +63,13 @@ pub struct Merged {
 pub async fn partitions(client: &impl GenericClient) -> Result<Vec<Partition>, Fault> {
     let rows = client
         .query(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), \
-                    pg_get_expr(c.relpartbound, c.oid), \
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name, \
+                    pg_get_expr(c.relpartbound, c.oid) AS bound, \
                     pg_total_relation_size(c.oid) \
                     + coalesce((SELECT sum(pg_total_relation_size(p.inhrelid)) \
-                                FROM pg_inherits p WHERE p.inhparent = c.oid), 0)::bigint, \
+                                FROM pg_inherits p WHERE p.inhparent = c.oid), 0)::bigint AS bytes, \
                     greatest(1, (SELECT count(*) FROM pg_inherits p WHERE p.inhparent = c.oid)) \
+                      AS tables \
              FROM pg_inherits i \
              JOIN pg_class c ON c.oid = i.inhrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -79,13 +80,13 @@ pub async fn partitions(client: &impl GenericClient) -> Result<Vec<Partition>, F
         .await?;
     rows.iter()
         .map(|row| {
-            let bound: String = row.get(1);
+            let bound: String = row.get("bound");
             Ok(Partition {
-                table: row.get(0),
+                table: row.get("name"),
                 batches: bound_batches(&bound)
                     .ok_or_else(|| Fault::outage(format!("unexpected partition bound {bound}")))?,
-                bytes: row.get(2),
-                tables: usize::try_from(row.get::<_, i64>(3)).unwrap_or(1),
+                bytes: row.get("bytes"),
+                tables: usize::try_from(row.get::<_, i64>("tables")).unwrap_or(1),
             })
         })
         .collect()
@@ -183,20 +184,36 @@ pub async fn merge(
 ) -> Result<Option<Merged>, Fault> {
     let mut batches: Vec<BatchId> = parts.iter().flat_map(|p| p.batches.clone()).collect();
     batches.sort();
-    let (Some(first), Some(last)) = (batches.first(), batches.last()) else {
-        return Err(Fault::outage("nothing to merge"));
-    };
-    // Unique: batch sets are disjoint, and no part holds as many batches as the union.
-    let name = format!("merged_{first}_{last}_{}", batches.len());
-    let table = format!("price_batches.{name}");
-    let index = schema::index_name(&name);
-    let values = batches
-        .iter()
-        .map(|id| id.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-
+    let name = schema::merged_name(&batches).ok_or_else(|| Fault::outage("nothing to merge"))?;
+    let sources: Vec<String> = parts.iter().map(|part| part.table.clone()).collect();
     let tx = client.transaction().await?;
+    if !lock_for_merge(&tx, parts, lock_timeout).await? {
+        return Ok(None);
+    }
+    let rows = fill(&tx, &name, &batches, &sources).await?;
+    // 2. Readers wait, for catalog changes only.
+    tx.batch_execute("LOCK TABLE prices_by_batch IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    tx.batch_execute(&schema::swap_merged_sql(&name, &batches, &sources))
+        .await?;
+    tx.commit().await?;
+    Ok(Some(Merged {
+        table: schema::staged(&name),
+        partitions: parts.len(),
+        batches: batches.len(),
+        rows,
+    }))
+}
+
+/// The merge's first locks: the layout's advisory lock, without waiting (false: another
+/// coordinator is merging), then — 1. — `SHARE` on `prices_by_batch`: writers wait, readers go
+/// on. Under it, `parts` must still be what they were (another coordinator may have merged them
+/// meanwhile: an outage, tried again later).
+async fn lock_for_merge(
+    tx: &Transaction<'_>,
+    parts: &[Partition],
+    lock_timeout: Duration,
+) -> Result<bool, Fault> {
     let alone: bool = tx
         .query_one(
             "SELECT pg_try_advisory_xact_lock($1)",
@@ -205,73 +222,48 @@ pub async fn merge(
         .await?
         .get(0);
     if !alone {
-        return Ok(None);
+        return Ok(false);
     }
     tx.batch_execute(&format!(
         "SET LOCAL lock_timeout = '{}ms'",
         lock_timeout.as_millis()
     ))
     .await?;
-    // 1. Writers wait, readers go on.
     tx.batch_execute("LOCK TABLE prices_by_batch IN SHARE MODE")
         .await?;
-    // Under the lock, the parts must still be what they were (another coordinator may have
-    // merged them meanwhile).
-    let now = partitions(&tx).await?;
-    if !parts.iter().all(|part| {
+    let now = partitions(tx).await?;
+    let unchanged = parts.iter().all(|part| {
         now.iter()
             .any(|p| p.table == part.table && p.batches == part.batches)
-    }) {
+    });
+    if !unchanged {
         return Err(Fault::outage("the partitions changed meanwhile"));
     }
-    let foreign_keys = schema::foreign_keys(&tx).await?;
-    let sources = parts
-        .iter()
-        .map(|part| {
-            format!(
-                "SELECT batch_id, orig_code, dest_code, day, price, part FROM {}",
-                part.table
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(" UNION ALL ");
-    tx.batch_execute(&format!(
-        "CREATE TABLE {table} (LIKE prices_by_batch, CHECK (batch_id IN ({values})));\
-         INSERT INTO {table} (batch_id, orig_code, dest_code, day, price, part) {sources};\
-         CREATE INDEX {index} ON {table} (orig_code, dest_code, day);"
-    ))
-    .await?;
-    for foreign_key in &foreign_keys {
-        tx.batch_execute(&format!("ALTER TABLE {table} ADD {foreign_key}"))
+    Ok(true)
+}
+
+/// The merged partition `name`, filled from `sources`, indexed, with both foreign keys
+/// (validated here); its rows.
+async fn fill(
+    tx: &Transaction<'_>,
+    name: &str,
+    batches: &[BatchId],
+    sources: &[String],
+) -> Result<u64, Fault> {
+    tx.batch_execute(&schema::create_merged_sql(name, batches, sources))
+        .await?;
+    for definition in schema::foreign_keys(tx).await? {
+        tx.batch_execute(&schema::merged_foreign_key_sql(name, &definition))
             .await?;
     }
     let rows: i64 = tx
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {}", schema::staged(name)),
+            &[],
+        )
         .await?
         .get(0);
-    // 2. Readers wait, for catalog changes only.
-    tx.batch_execute("LOCK TABLE prices_by_batch IN ACCESS EXCLUSIVE MODE")
-        .await?;
-    let mut swap = String::new();
-    for part in parts {
-        swap += &format!(
-            "ALTER TABLE prices_by_batch DETACH PARTITION {};",
-            part.table
-        );
-    }
-    swap +=
-        &format!("ALTER TABLE prices_by_batch ATTACH PARTITION {table} FOR VALUES IN ({values});");
-    for part in parts {
-        swap += &format!("DROP TABLE {};", part.table);
-    }
-    tx.batch_execute(&swap).await?;
-    tx.commit().await?;
-    Ok(Some(Merged {
-        table,
-        partitions: parts.len(),
-        batches: batches.len(),
-        rows: rows as u64,
-    }))
+    Ok(u64::try_from(rows).unwrap_or(0))
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ static SELECT: LazyLock<String> = LazyLock::new(|| {
     let unindexed = format!(
         "SELECT 1 FROM pg_class t WHERE {} \
            AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = t.oid AND x.indisvalid)",
-        schema::holds_rows_of("'price_batches.batch_' || b.id")
+        schema::holds_rows_of(&schema::staging_table_sql("b.id"))
     );
     format!(
         "SELECT b.id, b.state, b.rows_total, b.error, b.error_count, b.errors, b.bytes_received,
@@ -160,7 +160,7 @@ pub async fn fetch(client: &Client, id: BatchId) -> Result<Option<BatchStatus>, 
                 &[sha, &id.get()],
             )
             .await?;
-        status.duplicate_of = rows.iter().map(|row| BatchId(row.get(0))).collect();
+        status.duplicate_of = rows.iter().map(|row| BatchId(row.get("id"))).collect();
     }
     Ok(Some(status))
 }

@@ -272,7 +272,7 @@ async fn batch_tables(
         tables.extend(
             parts
                 .iter()
-                .map(|row| format!("price_batches.{}", row.get::<_, String>(0)))
+                .map(|row| schema::staged(&row.get::<_, String>("name")))
                 .filter(|part| *part != schema::staging_table(batch_id)),
         );
         tables.push(schema::staging_table(batch_id));

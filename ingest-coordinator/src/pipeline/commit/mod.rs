@@ -303,7 +303,7 @@ async fn leaves(client: &Client, batch_id: BatchId) -> Result<Vec<String>, tokio
         .query(&schema::leaves_sql(), &[&schema::staging_table(batch_id)])
         .await?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| row.get("name"))
         .collect())
 }
 
@@ -359,7 +359,7 @@ async fn build_index_parts(lease: &CommitLease, batch_id: BatchId) -> Result<boo
 async fn build_part_index(lease: &CommitLease, part: &str) -> Result<bool, Fault> {
     let session = lease.session().await?;
     let client = session.client();
-    let index = format!("price_batches.{}", schema::index_name(part));
+    let index = schema::staged(&schema::index_name(part));
     let valid: Option<bool> = client
         .query_one(
             "SELECT (SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1))",
@@ -392,7 +392,7 @@ pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
         let client = app.pool.get().await?;
         client
             .query(
-                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  WHERE c.relkind = 'r' \
                    AND (i.inhparent = 'prices_by_batch'::regclass \
                         OR i.inhparent IN (SELECT inhrelid FROM pg_inherits \
@@ -403,7 +403,7 @@ pub async fn index_missing(app: &AppState) -> Result<usize, Fault> {
             )
             .await?
             .iter()
-            .map(|row| row.get(0))
+            .map(|row| row.get("name"))
             .collect()
     };
     let mut batches: Vec<BatchId> = unindexed
