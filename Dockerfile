@@ -44,7 +44,7 @@ COPY ingest-testkit ingest-testkit
 COPY --from=cacher /src/target target
 COPY --from=cacher /usr/local/cargo /usr/local/cargo
 # Refuse a binary that says nothing (a stub of cargo-chef's skeleton taken for up to date).
-RUN cargo build --release --locked --bins \
+RUN cargo build --release --locked --bin ingest-coordinator --bin ingest-worker --bin ingest \
     && for bin in ingest-coordinator ingest-worker ingest; do \
         test -n "$(target/release/$bin --version)" || { echo "$bin is a stub" >&2; exit 1; }; \
     done
