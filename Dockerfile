@@ -1,49 +1,50 @@
 # One image with the three binaries: ingest-coordinator (the default command), ingest-worker and
 # the CLI ingest. Build: docker build -t ingest:latest .
 #
-# The build stage compiles in two layers, from the least to the most often changed:
-#   1. the manifests (the workspace's Cargo.toml and Cargo.lock, every crate's Cargo.toml) with
-#      stub sources: every dependency compiles here, and this layer stays cached until a manifest
-#      or the lock file changes;
-#   2. the real sources: only the workspace's own crates compile again.
-# When a crate joins the workspace, add its Cargo.toml (and stub) below: scripts/lint-deploy.sh
-# fails until every member is covered.
-FROM rust:1-bookworm AS build
+# The dependencies are cached by cargo-chef, in stages from the least to the most often changed:
+#   planner  `cargo chef prepare` reduces the workspace to a recipe (the manifests and the lock
+#            file): it changes only when a dependency does;
+#   cacher   `cargo chef cook` compiles every dependency from the recipe: this layer stays cached
+#            as long as the recipe is the same;
+#   builder  the real sources, on top of the cacher's target/: only the workspace's own crates
+#            compile again.
+# A crate joining the workspace needs no change here beyond a COPY of its folder (cargo needs every
+# member to load the workspace; scripts/lint-deploy.sh fails until each is copied).
+FROM rust:1-bookworm AS chef
+RUN cargo install cargo-chef --locked
 WORKDIR /src
 
+FROM chef AS planner
+# What the build reads (no tests' data, docs or deploy files: a change to them is no new recipe).
+# ingest-core embeds migrations/ (refinery) and the coordinator its status page
+# (src/http/page.html, include_str!), both found under the folders copied here.
 COPY Cargo.toml Cargo.lock ./
-COPY ingest-wire/Cargo.toml ingest-wire/
-COPY ingest-core/Cargo.toml ingest-core/
-COPY ingest-coordinator/Cargo.toml ingest-coordinator/
-COPY ingest-worker/Cargo.toml ingest-worker/
-COPY ingest-cli/Cargo.toml ingest-cli/
-COPY ingest-testkit/Cargo.toml ingest-testkit/
-# Stubs of the same shape as the real crates: a library where the crate has src/lib.rs, a binary
-# where it has src/main.rs. ingest-testkit is only a dev-dependency, but as a workspace member its
-# manifest must have a target for cargo to load the workspace at all.
-RUN for crate in ingest-wire ingest-core ingest-coordinator ingest-worker ingest-testkit; do \
-        mkdir -p "$crate/src" && : > "$crate/src/lib.rs"; \
-    done \
-    && for crate in ingest-coordinator ingest-worker ingest-cli; do \
-        mkdir -p "$crate/src" && echo 'fn main() {}' > "$crate/src/main.rs"; \
-    done \
-    && cargo build --release --locked --bins
-
-# The real sources. ingest-core embeds migrations/ (refinery) and the coordinator its status page
-# (src/http/page.html, include_str!), both found under the folders copied here. ingest-testkit
-# keeps its stub: --bins never builds it.
 COPY migrations migrations
-COPY ingest-wire/src ingest-wire/src
-COPY ingest-core/src ingest-core/src
-COPY ingest-coordinator/src ingest-coordinator/src
-COPY ingest-worker/src ingest-worker/src
-COPY ingest-cli/src ingest-cli/src
-# COPY keeps the files' modification times from the build context, which may be older than the
-# stubs built above: cargo would then take the stubs for up to date and ship an empty main. Touch
-# the crate roots so the workspace's crates are rebuilt, and refuse a binary that says nothing.
-RUN find ingest-wire/src ingest-core/src ingest-coordinator/src ingest-worker/src ingest-cli/src \
-        -maxdepth 1 \( -name lib.rs -o -name main.rs \) -exec touch {} + \
-    && cargo build --release --locked --bins \
+COPY ingest-wire ingest-wire
+COPY ingest-core ingest-core
+COPY ingest-coordinator ingest-coordinator
+COPY ingest-worker ingest-worker
+COPY ingest-cli ingest-cli
+COPY ingest-testkit ingest-testkit
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS cacher
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --recipe-path recipe.json
+
+FROM chef AS builder
+COPY Cargo.toml Cargo.lock ./
+COPY migrations migrations
+COPY ingest-wire ingest-wire
+COPY ingest-core ingest-core
+COPY ingest-coordinator ingest-coordinator
+COPY ingest-worker ingest-worker
+COPY ingest-cli ingest-cli
+COPY ingest-testkit ingest-testkit
+COPY --from=cacher /src/target target
+COPY --from=cacher /usr/local/cargo /usr/local/cargo
+# Refuse a binary that says nothing (a stub of cargo-chef's skeleton taken for up to date).
+RUN cargo build --release --locked --bin ingest-coordinator --bin ingest-worker --bin ingest \
     && for bin in ingest-coordinator ingest-worker ingest; do \
         test -n "$(target/release/$bin --version)" || { echo "$bin is a stub" >&2; exit 1; }; \
     done
@@ -59,7 +60,7 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 ingest \
     && useradd --system --uid 10001 --gid ingest --home-dir /nonexistent --no-create-home \
         --shell /usr/sbin/nologin ingest
-COPY --from=build /src/target/release/ingest-coordinator /src/target/release/ingest-worker \
+COPY --from=builder /src/target/release/ingest-coordinator /src/target/release/ingest-worker \
      /src/target/release/ingest /usr/local/bin/
 # Reference data for `ingest-coordinator seed --data-dir /app/data/ratestask`.
 COPY data /app/data

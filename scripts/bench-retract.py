@@ -158,8 +158,7 @@ def main():
     path = os.path.join(args.out, f"rates-{args.rows}.csv")
     if not os.path.exists(path):
         print(f"bench-retract: generating {args.rows:,} rows", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, "rates.py"), "generate",
-                        str(args.rows), "7", f"{data}/ports.csv", path + ".tmp"], check=True)
+        bench.generate_rates(args.rows, 7, f"{data}/ports.csv", path + ".tmp")
         os.rename(path + ".tmp", path)
     with open(path) as f:
         f.readline()

@@ -39,6 +39,15 @@ PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-qA
 RELEASE = os.path.join(ROOT, "target", "release")
 
 
+def generate_rates(rows, seed, ports_csv, out):
+    """Writes a generated rates file with the testkit's `rates` binary (the generator the tests
+    and the chaos run use; built with the release binaries by `cargo build --release --bins`)."""
+    rates = os.path.join(RELEASE, "rates")
+    if not os.access(rates, os.X_OK):
+        sys.exit(f"{rates} is missing: cargo build --release --locked -p ingest-testkit --bin rates")
+    subprocess.run([rates, "generate", str(rows), str(seed), ports_csv, out], check=True)
+
+
 def sql(db, statement):
     return subprocess.run(PG + ["-d", db, "-c", statement], check=True,
                           capture_output=True, text=True).stdout.strip()
@@ -395,8 +404,7 @@ def main():
     path = os.path.join(args.out, f"rates-{args.rows}.csv")
     if not os.path.exists(path):
         print(f"bench: generating {args.rows:,} rows", flush=True)
-        subprocess.run([sys.executable, os.path.join(HERE, "rates.py"), "generate",
-                        str(args.rows), "7", f"{data}/ports.csv", path + ".tmp"], check=True)
+        generate_rates(args.rows, 7, f"{data}/ports.csv", path + ".tmp")
         os.rename(path + ".tmp", path)
     halves = split_in_two(path) if {"raw", "hand"} - skip else None
     db = "bench_published"

@@ -885,7 +885,7 @@ run_fleet() {
   done
   fleet_submits=()
   psql_q "SELECT day, count(*), sum(price) FROM prices GROUP BY day ORDER BY day" | tr '|' ',' >"$dir/prices.sum"
-  verdict=$(python3 scripts/rates.py judge "$file.sum" "$dir/prices.sum" || true)
+  verdict=$("$bin/rates" judge "$file.sum" "$dir/prices.sum" || true)
   echo
   echo "== chaos run (fleet mode, $rows rows in two halves, 2 coordinators, 3 workers): $(fleet_progress) after ${elapsed} s"
   echo "faults that landed:"
@@ -979,16 +979,17 @@ if [ $build = 1 ]; then
   log "building release binaries"
   cargo build --release --locked --bins -q
 fi
-for binary in ingest-coordinator ingest-worker ingest; do
+# rates (ingest-testkit) generates the file and judges the table by its checksum.
+for binary in ingest-coordinator ingest-worker ingest rates; do
   [ -x "$bin/$binary" ] || { log "$bin/$binary is missing (build it, or run without --no-build)"; exit 1; }
 done
 file="$dir/rates-$rows.csv"
 if [ ! -s "$file" ]; then
   log "generating $rows rows"
-  python3 scripts/rates.py generate "$rows" 7 data/ratestask/ports.csv "$file.tmp"
+  "$bin/rates" generate "$rows" 7 data/ratestask/ports.csv "$file.tmp"
   mv "$file.tmp" "$file"
 fi
-[ -s "$file.sum" ] || python3 scripts/rates.py checksum "$file" >"$file.sum"
+[ -s "$file.sum" ] || "$bin/rates" checksum "$file" >"$file.sum"
 rm -rf "$dir"/*.log
 if [ "$mode" = failover ]; then
   # The clusters are fresh: the database is created on the primary, the queue by the
@@ -1081,7 +1082,7 @@ final=$(batch_row)
 state=$(echo "$final" | awk '{print $2}')
 elapsed=$((SECONDS - started))
 psql_q "SELECT day, count(*), sum(price) FROM prices GROUP BY day ORDER BY day" | tr '|' ',' >"$dir/prices.sum"
-verdict=$(python3 scripts/rates.py judge "$file.sum" "$dir/prices.sum" || true)
+verdict=$("$bin/rates" judge "$file.sum" "$dir/prices.sum" || true)
 echo
 echo "== chaos run ($mode mode, $rows rows): batch ${final:-?} after ${elapsed} s"
 echo "faults that landed:"

@@ -152,7 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// The HTTP API.
 pub fn router(state: AppState) -> Router {
     let protected = middleware::from_fn_with_state(state.clone(), auth::require_token);
-    Router::new()
+    let routes = Router::new()
         .route("/", get(page::page))
         .route(
             "/batches",
@@ -188,8 +188,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             unread_body::answer_after_body,
-        ))
-        .layer(middleware::from_fn(request_id::tag))
+        ));
+    request_id::layer(routes)
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }

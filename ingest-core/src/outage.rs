@@ -2,13 +2,17 @@
 //! again, with capped, jittered exponential pauses, until it works, until PostgreSQL refuses the
 //! rows (a [`Fault::Refused`] is final at once), or until the patience runs out. One definition of "try again", so the upload, the commit, the redrive and the
 //! worker pace themselves alike.
+//!
+//! Time is tokio's ([`tokio::time::Instant`], [`tokio::time::sleep`]): the same as the wall clock
+//! in a running process, and a clock the tests can pause and move on.
 
 use crate::fault::Fault;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long to keep trying, and how long to pause at most between two tries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +155,7 @@ impl<K: Eq + Hash + Copy> Retries<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn pauses_grow_to_the_cap_and_never_end() {
@@ -164,13 +169,14 @@ mod tests {
         assert!(pauses[40] >= Duration::from_millis(400), "{pauses:?}");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_outage_is_retried_until_it_passes() {
         let patience = Patience::new(Duration::from_secs(10), Duration::from_millis(20));
-        let calls = std::sync::atomic::AtomicU32::new(0);
+        let calls = AtomicU32::new(0);
         let calls = &calls;
+        let started = Instant::now();
         let result = ride_through(patience, "test", move || async move {
-            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
             if call < 4 {
                 Err(Fault::outage("away"))
             } else {
@@ -179,24 +185,35 @@ mod tests {
         })
         .await;
         assert_eq!(result, Ok(4));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(60) && waited <= Duration::from_millis(60 + 1),
+            "three pauses of 20 ms (the cap) between the four tries: {waited:?}"
+        );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_refusal_is_final_at_once() {
         let patience = Patience::new(Duration::from_secs(10), Duration::from_millis(20));
-        let calls = std::sync::atomic::AtomicU32::new(0);
+        let calls = AtomicU32::new(0);
         let calls = &calls;
+        let started = Instant::now();
         let result: Result<(), Fault> = ride_through(patience, "test", move || async move {
-            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            calls.fetch_add(1, Ordering::SeqCst);
             Err(Fault::Refused("no".into()))
         })
         .await;
         assert_eq!(result, Err(Fault::Refused("no".into())));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no pause before a refusal"
+        );
     }
 
-    #[test]
-    fn a_failed_key_waits_its_pause_and_a_success_forgets_it() {
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_key_waits_its_pause_and_a_success_forgets_it() {
         let mut retries = Retries::new(Duration::from_secs(60));
         assert!(retries.is_due(7));
         assert_eq!(retries.failed(7), 1);
@@ -205,19 +222,37 @@ mod tests {
             !retries.is_due(7),
             "a pause of at least 100 ms follows an outage"
         );
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!retries.is_due(7), "not yet due after 99 ms");
         assert!(retries.is_due(8));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(retries.is_due(7), "due once the longest pause has passed");
+        assert_eq!(retries.failed(7), 3, "the schedule goes on until forgotten");
         retries.forget(7);
         assert!(retries.is_due(7));
         assert_eq!(retries.failed(7), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_outage_longer_than_the_patience_gives_up() {
-        let patience = Patience::new(Duration::from_millis(200), Duration::from_millis(50));
+        let budget = Duration::from_secs(30);
+        let max_pause = Duration::from_secs(5);
+        let patience = Patience::new(budget, max_pause);
+        let calls = AtomicU32::new(0);
+        let calls = &calls;
         let started = Instant::now();
-        let result: Result<(), Fault> =
-            ride_through(patience, "test", || async { Err(Fault::outage("away")) }).await;
+        let result: Result<(), Fault> = ride_through(patience, "test", move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err(Fault::outage("away"))
+        })
+        .await;
         assert_eq!(result, Err(Fault::outage("away")));
-        assert!(started.elapsed() <= Duration::from_millis(400));
+        let waited = started.elapsed();
+        assert!(waited <= budget, "never past the budget: {waited:?}");
+        assert!(
+            waited > budget - max_pause,
+            "gives up only when the next pause would pass the budget: {waited:?}"
+        );
+        assert!(calls.load(Ordering::SeqCst) > 2);
     }
 }

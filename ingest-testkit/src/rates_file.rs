@@ -6,7 +6,13 @@ use std::path::Path;
 
 /// The real port codes.
 pub fn port_codes(data_dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(data_dir.join("ports.csv")).expect("ports.csv");
+    port_codes_in(&data_dir.join("ports.csv"))
+}
+
+/// The port codes of a ports file (the first column, below its header).
+pub fn port_codes_in(ports_csv: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(ports_csv)
+        .unwrap_or_else(|error| panic!("{}: {error}", ports_csv.display()));
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     reader
         .records()
