@@ -328,10 +328,10 @@ impl TestEnv {
             config.database_url = self.database_url.clone().into();
             config.amqp_url = self.amqp_url.clone().into();
             config.amqp_in_order = self.config.amqp_in_order;
-            config.lease_seconds = self.worker_lease_seconds;
+            config.lease = Duration::from_secs(self.worker_lease_seconds);
             config.queue = self.queue.clone();
             config.concurrency = concurrency;
-            config.backoff_max_ms = 200;
+            config.max_pause = Duration::from_millis(200);
             config.listen = "127.0.0.1:0".parse().unwrap();
             config.name = Some(format!("test-worker-{}", self.workers.len()));
             let token = CancellationToken::new();

@@ -2,7 +2,7 @@
 //! are `ingest_core::setting::Url`, whose `Debug` leaves the password out, so `Debug` is derived.
 
 use clap::Parser;
-use ingest_core::setting::Url;
+use ingest_core::setting::{self, Url};
 use ingest_core::{broker, db};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -46,24 +46,28 @@ pub struct Config {
     #[arg(long, env = "INGEST_WORKER_PREFETCH", default_value_t = 0)]
     pub prefetch: u16,
 
-    /// How long a chunk stays leased to this worker before the coordinator hands it out again,
-    /// in seconds.
-    #[arg(long, env = "INGEST_LEASE_SECONDS", default_value_t = 300)]
-    pub lease_seconds: u64,
+    /// How long a claimed chunk stays this worker's before a coordinator ends the backend the
+    /// claim recorded and hands the chunk out again, in seconds.
+    #[arg(long = "lease-seconds", env = "INGEST_LEASE_SECONDS", default_value = "300",
+          value_parser = setting::seconds)]
+    pub lease: Duration,
 
     /// On SIGTERM, how long to finish the chunks in hand before leaving them to RabbitMQ.
-    #[arg(long, env = "INGEST_DRAIN_SECONDS", default_value_t = 30)]
-    pub drain_seconds: u64,
+    #[arg(long = "drain-seconds", env = "INGEST_DRAIN_SECONDS", default_value = "30",
+          value_parser = setting::seconds)]
+    pub drain: Duration,
 
     /// The longest pause between two tries of a chunk while PostgreSQL is away, in milliseconds
     /// (the delivery stays in hand meanwhile).
-    #[arg(long, env = "INGEST_BACKOFF_MAX_MS", default_value_t = 5000)]
-    pub backoff_max_ms: u64,
+    #[arg(long = "backoff-max-ms", env = "INGEST_BACKOFF_MAX_MS", default_value = "5000",
+          value_parser = setting::millis)]
+    pub max_pause: Duration,
 
     /// How long to wait for RabbitMQ at start, in seconds (afterwards the worker reconnects
     /// after outages of any length by itself).
-    #[arg(long, env = "INGEST_CONNECT_SECONDS", default_value_t = 120)]
-    pub connect_seconds: u64,
+    #[arg(long = "connect-seconds", env = "INGEST_CONNECT_SECONDS", default_value = "120",
+          value_parser = setting::seconds)]
+    pub connect: Duration,
 
     /// Address of the worker's metrics and health listener (port 0 picks a free port).
     #[arg(long, env = "INGEST_WORKER_LISTEN", default_value = "127.0.0.1:9091")]
@@ -91,22 +95,16 @@ impl Config {
         if self.concurrency == 0 {
             anyhow::bail!("--concurrency (INGEST_WORKER_CONCURRENCY) must be at least 1");
         }
-        if self.lease_seconds == 0 {
+        if self.lease < Duration::from_secs(1) {
             anyhow::bail!("--lease-seconds (INGEST_LEASE_SECONDS) must be at least 1");
         }
-        if self.backoff_max_ms == 0 {
+        if self.max_pause.is_zero() {
             anyhow::bail!("--backoff-max-ms (INGEST_BACKOFF_MAX_MS) must be at least 1");
         }
-        if self.connect_seconds == 0 {
+        if self.connect < Duration::from_secs(1) {
             anyhow::bail!("--connect-seconds (INGEST_CONNECT_SECONDS) must be at least 1");
         }
         Ok(())
-    }
-
-    /// How long a claimed chunk stays this worker's: past it, a coordinator ends the backend
-    /// the claim recorded and hands the chunk out again.
-    pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_seconds)
     }
 
     /// The longest statement and the longest pause inside a transaction of the worker's
@@ -114,19 +112,14 @@ impl Config {
     /// COPY transaction holds no chunk for long even when no coordinator is there to end its
     /// backend at the lease.
     pub fn session_limit(&self) -> Duration {
-        self.lease() * 2
+        self.lease * 2
     }
 
     /// The longest wait of a worker's session for a lock: a delivery of a chunk whose row lock
     /// another session holds (a duplicate, or a frozen worker's) gives up and tries again later,
     /// with the delivery in hand. A quarter of the lease, at most 10 s.
     pub fn lock_timeout(&self) -> Duration {
-        (self.lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
-    }
-
-    /// The longest pause between two tries.
-    pub fn max_pause(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms)
+        (self.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
     }
 
     /// The prefetch count actually asked of RabbitMQ.
@@ -146,10 +139,5 @@ impl Config {
                 .unwrap_or_else(|_| "worker".to_string());
             format!("{host}-{}", std::process::id())
         })
-    }
-
-    /// The drain deadline.
-    pub fn drain(&self) -> Duration {
-        Duration::from_secs(self.drain_seconds)
     }
 }

@@ -84,8 +84,8 @@ impl Worker {
                 &config.amqp_url,
                 Start::in_order(config.amqp_in_order),
                 &format!("ingest-worker {worker}"),
-                config.max_pause(),
-                Duration::from_secs(config.connect_seconds),
+                config.max_pause,
+                config.connect,
             )
             .await?,
         );
@@ -95,7 +95,7 @@ impl Worker {
             prefetch: config.prefetch_count(),
             replicas: config.queue_replicas,
         };
-        let subscriber = Subscriber::open(link.clone(), target, config.max_pause()).await?;
+        let subscriber = Subscriber::open(link.clone(), target, config.max_pause).await?;
         let health = Health::new(pool.clone(), link.clone());
         health.set_consuming(true);
         let listening = listener.local_addr()?;
@@ -148,8 +148,8 @@ impl Worker {
         let loader = ChunkLoader {
             pool: self.pool.clone(),
             worker: self.name.clone(),
-            lease: self.config.lease(),
-            patience: Patience::endless(self.config.max_pause()),
+            lease: self.config.lease,
+            patience: Patience::endless(self.config.max_pause),
             shutdown: self.shutdown.clone(),
         };
         self.in_hand.spawn(async move {
@@ -167,7 +167,7 @@ impl Worker {
         tracing::info!(%worker, in_hand = self.in_hand.len(), "worker draining");
         self.subscriber.cancel().await;
         let in_hand = &mut self.in_hand;
-        let drained = tokio::time::timeout(self.config.drain(), async {
+        let drained = tokio::time::timeout(self.config.drain, async {
             while in_hand.join_next().await.is_some() {}
         })
         .await;
