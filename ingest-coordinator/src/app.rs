@@ -78,40 +78,7 @@ impl Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     config.check()?;
     ingest_core::metrics::recorder();
-    let mut client = db::connect(&config.database_url).await?;
-    schema::migrate(&mut client).await?;
-    drop(client);
-    let lease = config.coordinator_lease;
-    let pool = db::pool(
-        &config.database_url,
-        config.db_pool,
-        &db::Sessions {
-            application_name: "ingest-coordinator".into(),
-            lock_timeout: Some(LOCK_TIMEOUT),
-            statement_timeout: None,
-            idle_in_transaction: Some(lease),
-        },
-    )?;
-    let amqp = broker::Link::open(
-        &config.amqp_url,
-        broker::Start::in_order(config.amqp_in_order),
-        "ingest-coordinator",
-        config.max_pause,
-        config.ride_through,
-    )
-    .await?;
-    broker::declare(&amqp, &config.queue, config.queue_replicas)
-        .await
-        .context("declaring the chunk queues")?;
-
-    let state = AppState {
-        presence: Presence::new(&presence::host_name(), std::process::id(), lease),
-        config: Arc::new(config),
-        pool,
-        amqp: Arc::new(amqp),
-        commit_wakeup: Arc::new(Notify::new()),
-        receiving: Receiving::default(),
-    };
+    let state = connect(config).await?;
     // Seen by its peers before it takes its first upload.
     loops::presence::beat(&state)
         .await
@@ -146,6 +113,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         leave,
         server,
         tasks,
+    })
+}
+
+/// The schema migrated, the pool, the broker link and the chunk queues: what every handler,
+/// step and loop shares.
+async fn connect(config: Config) -> anyhow::Result<AppState> {
+    let mut client = db::connect(&config.database_url).await?;
+    schema::migrate(&mut client).await?;
+    drop(client);
+    let lease = config.coordinator_lease;
+    let pool = db::pool(
+        &config.database_url,
+        config.db_pool,
+        &db::Sessions {
+            application_name: "ingest-coordinator".into(),
+            lock_timeout: Some(LOCK_TIMEOUT),
+            statement_timeout: None,
+            idle_in_transaction: Some(lease),
+        },
+    )?;
+    let amqp = broker::Link::open(
+        &config.amqp_url,
+        broker::Start::in_order(config.amqp_in_order),
+        "ingest-coordinator",
+        config.max_pause,
+        config.ride_through,
+    )
+    .await?;
+    broker::declare(&amqp, &config.queue, config.queue_replicas)
+        .await
+        .context("declaring the chunk queues")?;
+    Ok(AppState {
+        presence: Presence::new(&presence::host_name(), std::process::id(), lease),
+        config: Arc::new(config),
+        pool,
+        amqp: Arc::new(amqp),
+        commit_wakeup: Arc::new(Notify::new()),
+        receiving: Receiving::default(),
     })
 }
 

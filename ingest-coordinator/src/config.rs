@@ -164,6 +164,12 @@ impl Config {
     /// the flag and its variable.
     pub fn check(&self) -> anyhow::Result<()> {
         broker::Nodes::parse(&self.amqp_url)?;
+        self.check_token()?;
+        self.check_bounds()
+    }
+
+    /// A token that is set is not empty, and a public address needs one (or `--insecure`).
+    fn check_token(&self) -> anyhow::Result<()> {
         if self.token.is_none() && !self.listen.ip().is_loopback() && !self.insecure {
             anyhow::bail!(
                 "refusing to listen on {} without INGEST_TOKEN; set a token or pass --insecure",
@@ -177,6 +183,11 @@ impl Config {
         {
             anyhow::bail!("INGEST_TOKEN is set but empty");
         }
+        Ok(())
+    }
+
+    /// Counts and durations within what can work.
+    fn check_bounds(&self) -> anyhow::Result<()> {
         let at_least_one = [
             ("--chunk-rows (INGEST_CHUNK_ROWS)", self.chunk_rows as u64),
             ("--max-errors (INGEST_MAX_ERRORS)", self.max_errors as u64),

@@ -31,62 +31,37 @@ type Done = (BatchId, Result<Committed, Fault>);
 pub async fn run(app: AppState, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.commit_poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut retries = Retries::new(app.config.max_pause);
-    // Outages not yet in their batch's status (PostgreSQL was the outage): noted once it is back.
-    let mut unnoted: HashMap<BatchId, (u32, Fault)> = HashMap::new();
-    let mut commits: JoinSet<Done> = JoinSet::new();
-    let mut running: HashSet<BatchId> = HashSet::new();
+    let mut commits = Commits::new(&app);
     let mut rebuild: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
             _ = app.commit_wakeup.notified() => {}
-            Some(done) = commits.join_next(), if !commits.is_empty() => {
+            Some(done) = commits.tasks.join_next(), if !commits.tasks.is_empty() => {
                 if let Ok(done) = done {
-                    settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+                    commits.settle(&app, done).await;
                 }
             }
         }
-        while let Some(done) = commits.try_join_next() {
+        while let Some(done) = commits.tasks.try_join_next() {
             if let Ok(done) = done {
-                settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+                commits.settle(&app, done).await;
             }
         }
         if rebuild.as_ref().is_none_or(JoinHandle::is_finished) {
             rebuild = Some(tokio::spawn(rebuild_indexes(app.clone())));
         }
-        let ready = match ready_batches(&app).await {
-            Ok(ready) => ready,
+        match ready_batches(&app).await {
+            Ok(ready) => commits.start(&app, ready, &shutdown).await,
             Err(fault) => {
                 tracing::warn!(%fault, "cannot look for batches to commit; will try again");
-                continue;
             }
-        };
-        retries.retain(|batch_id| ready.contains(&batch_id) || running.contains(&batch_id));
-        unnoted.retain(|batch_id, _| ready.contains(batch_id) || running.contains(batch_id));
-        for batch_id in ready {
-            if shutdown.is_cancelled() || commits.len() >= COMMITS_AT_ONCE {
-                break;
-            }
-            if running.contains(&batch_id) || !retries.is_due(batch_id) {
-                continue;
-            }
-            if let Some((attempt, fault)) = unnoted.remove(&batch_id) {
-                if !ledger::note_outage(&app.pool, batch_id, OutageStep::Commit, attempt, &fault)
-                    .await
-                {
-                    unnoted.insert(batch_id, (attempt, fault));
-                }
-            }
-            running.insert(batch_id);
-            let app = app.clone();
-            commits.spawn(async move { (batch_id, commit_batch(&app, batch_id).await) });
         }
     }
-    while let Some(done) = commits.join_next().await {
+    while let Some(done) = commits.tasks.join_next().await {
         if let Ok(done) = done {
-            settle(&app, done, &mut running, &mut retries, &mut unnoted).await;
+            commits.settle(&app, done).await;
         }
     }
     if let Some(rebuild) = rebuild {
@@ -94,25 +69,73 @@ pub async fn run(app: AppState, shutdown: CancellationToken) {
     }
 }
 
-/// Takes the outcome of one commit: a success forgets its retries, an outage schedules the next
-/// try and goes into the batch's status.
-async fn settle(
-    app: &AppState,
-    (batch_id, outcome): Done,
-    running: &mut HashSet<BatchId>,
-    retries: &mut Retries<BatchId>,
-    unnoted: &mut HashMap<BatchId, (u32, Fault)>,
-) {
-    running.remove(&batch_id);
-    match outcome {
-        Ok(_) => retries.forget(batch_id),
-        Err(fault) => {
-            let attempt = retries.failed(batch_id);
-            tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
-            if !ledger::note_outage(&app.pool, batch_id, OutageStep::Commit, attempt, &fault).await
-            {
-                unnoted.insert(batch_id, (attempt, fault));
+/// The commits this coordinator runs, and what it remembers of the ones that met an outage.
+struct Commits {
+    /// One task a commit under way.
+    tasks: JoinSet<Done>,
+    /// Their batches.
+    running: HashSet<BatchId>,
+    /// When each batch whose commit met an outage may be tried again.
+    retries: Retries<BatchId>,
+    /// Outages not yet in their batch's status (PostgreSQL was the outage): noted once it is
+    /// back.
+    unnoted: HashMap<BatchId, (u32, Fault)>,
+}
+
+impl Commits {
+    fn new(app: &AppState) -> Commits {
+        Commits {
+            tasks: JoinSet::new(),
+            running: HashSet::new(),
+            retries: Retries::new(app.config.max_pause),
+            unnoted: HashMap::new(),
+        }
+    }
+
+    /// Starts the commit of each `ready` batch that is not under way and is due, up to
+    /// [`COMMITS_AT_ONCE`]; forgets what it remembered of batches no longer ready.
+    async fn start(&mut self, app: &AppState, ready: Vec<BatchId>, shutdown: &CancellationToken) {
+        let running = &self.running;
+        self.retries
+            .retain(|batch_id| ready.contains(&batch_id) || running.contains(&batch_id));
+        self.unnoted
+            .retain(|batch_id, _| ready.contains(batch_id) || running.contains(batch_id));
+        for batch_id in ready {
+            if shutdown.is_cancelled() || self.tasks.len() >= COMMITS_AT_ONCE {
+                break;
             }
+            if self.running.contains(&batch_id) || !self.retries.is_due(batch_id) {
+                continue;
+            }
+            if let Some((attempt, fault)) = self.unnoted.remove(&batch_id) {
+                self.note(app, batch_id, attempt, fault).await;
+            }
+            self.running.insert(batch_id);
+            let app = app.clone();
+            self.tasks
+                .spawn(async move { (batch_id, commit_batch(&app, batch_id).await) });
+        }
+    }
+
+    /// Takes the outcome of one commit: a success forgets its retries, an outage schedules the
+    /// next try and goes into the batch's status.
+    async fn settle(&mut self, app: &AppState, (batch_id, outcome): Done) {
+        self.running.remove(&batch_id);
+        match outcome {
+            Ok(_) => self.retries.forget(batch_id),
+            Err(fault) => {
+                let attempt = self.retries.failed(batch_id);
+                tracing::warn!(%batch_id, attempt, %fault, "commit hit an outage; will try again");
+                self.note(app, batch_id, attempt, fault).await;
+            }
+        }
+    }
+
+    /// Notes the outage in the batch's status, or remembers it for later when PostgreSQL does
+    /// not take it now.
+    async fn note(&mut self, app: &AppState, batch_id: BatchId, attempt: u32, fault: Fault) {
+        if !ledger::note_outage(&app.pool, batch_id, OutageStep::Commit, attempt, &fault).await {
+            self.unnoted.insert(batch_id, (attempt, fault));
         }
     }
 }

@@ -69,18 +69,8 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
     let rows_loaded = count(row, "rows_loaded");
     let started_at: Option<DateTime<Utc>> = row.get("started_at");
     let finished_at: Option<DateTime<Utc>> = row.get("finished_at");
-    let elapsed = started_at.map(|start| {
-        (finished_at.unwrap_or_else(Utc::now) - start).num_milliseconds() as f64 / 1000.0
-    });
-    let rows_per_second = elapsed
-        .filter(|seconds| *seconds > 0.0)
-        .map(|seconds| rows_loaded as f64 / seconds);
-    let eta_seconds = match (state.is_final(), rows_total, rows_per_second) {
-        (false, Some(total), Some(rate)) if rate > 0.0 => {
-            Some(total.saturating_sub(rows_loaded) as f64 / rate)
-        }
-        _ => None,
-    };
+    let (rows_per_second, eta_seconds) =
+        pace(state, rows_total, rows_loaded, started_at, finished_at);
     let errors: Vec<RowError> = serde_json::from_value(row.get("errors")).map_err(|error| {
         Fault::outage(format!(
             "the ledger's errors of batch {id} do not read: {error}"
@@ -121,6 +111,30 @@ fn from_row(row: &Row) -> Result<BatchStatus, Fault> {
         commit: None,
         indexed: row.get("indexed"),
     })
+}
+
+/// Rows loaded per second since the first chunk was published, and the seconds left at that
+/// rate while the batch is open.
+fn pace(
+    state: BatchState,
+    rows_total: Option<u64>,
+    rows_loaded: u64,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+) -> (Option<f64>, Option<f64>) {
+    let elapsed = started_at.map(|start| {
+        (finished_at.unwrap_or_else(Utc::now) - start).num_milliseconds() as f64 / 1000.0
+    });
+    let rows_per_second = elapsed
+        .filter(|seconds| *seconds > 0.0)
+        .map(|seconds| rows_loaded as f64 / seconds);
+    let eta_seconds = match (state.is_final(), rows_total, rows_per_second) {
+        (false, Some(total), Some(rate)) if rate > 0.0 => {
+            Some(total.saturating_sub(rows_loaded) as f64 / rate)
+        }
+        _ => None,
+    };
+    (rows_per_second, eta_seconds)
 }
 
 /// The last outage recorded for the batch, if any.

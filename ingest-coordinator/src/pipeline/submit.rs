@@ -153,17 +153,7 @@ async fn receive(
     gzip: bool,
     body: Body,
 ) -> Result<Option<SplitReport>, Fault> {
-    let pool = &app.pool;
-    let ports = ride_through(
-        app.config.upload_patience(),
-        "reading the ports",
-        move || async move {
-            let client = pool.get().await?;
-            let rows = client.query("SELECT code FROM ports", &[]).await?;
-            Ok(Ports::new(rows.iter().map(|row| row.get::<_, String>(0))))
-        },
-    )
-    .await?;
+    let ports = ports(app).await?;
     let settings = SplitSettings {
         chunk_rows: app.config.chunk_rows,
         max_line_bytes: app.config.max_line_bytes,
@@ -180,6 +170,40 @@ async fn receive(
         publish::publish_batch(app.clone(), batch_id, chunks_rx).instrument(Span::current()),
     );
 
+    feed(body, frames_tx).await;
+    let report = split
+        .await
+        .map_err(|error| Fault::outage(format!("the splitter stopped: {error}")))?;
+    let published = publish
+        .await
+        .map_err(|error| Fault::outage(format!("the publisher stopped: {error}")))??;
+    let Some(published) = published else {
+        return Ok(None);
+    };
+    debug_assert!(published == report.chunks || report.error_count > 0);
+    Ok(Some(report))
+}
+
+/// The port codes a file's lines are checked against, riding through an outage.
+async fn ports(app: &AppState) -> Result<Ports, Fault> {
+    let pool = &app.pool;
+    ride_through(
+        app.config.upload_patience(),
+        "reading the ports",
+        move || async move {
+            let client = pool.get().await?;
+            let rows = client.query("SELECT code AS code FROM ports", &[]).await?;
+            Ok(Ports::new(
+                rows.iter().map(|row| row.get::<_, String>("code")),
+            ))
+        },
+    )
+    .await
+}
+
+/// Hands the body's frames to split as they arrive, until the body ends, breaks off (the break
+/// goes to split as an error) or split stops reading.
+async fn feed(body: Body, frames_tx: mpsc::Sender<io::Result<axum::body::Bytes>>) {
     // While publish waits out an outage it takes no chunk, split then reads no frame, and this
     // loop reads no more of the body: the client is held back by TCP.
     let mut frames = body.into_data_stream();
@@ -199,19 +223,6 @@ async fn receive(
             break;
         }
     }
-    drop(frames_tx);
-    drop(frames);
-    let report = split
-        .await
-        .map_err(|error| Fault::outage(format!("the splitter stopped: {error}")))?;
-    let published = publish
-        .await
-        .map_err(|error| Fault::outage(format!("the publisher stopped: {error}")))??;
-    let Some(published) = published else {
-        return Ok(None);
-    };
-    debug_assert!(published == report.chunks || report.error_count > 0);
-    Ok(Some(report))
 }
 
 /// The batch's status, riding through an outage (`None` for an unknown batch).

@@ -349,22 +349,9 @@ pub struct Redrive {
     pub holder: Holder,
 }
 
-/// Chunks of open batches that need publishing again: failed attempts (refused), damaged reads,
-/// expired leases (the worker vanished or froze), chunks left `pending` longer than `after`
-/// (never confirmed, e.g. the coordinator stopped between recording and publishing), and chunks
-/// `queued` that long with no claim whose message was lost: a chunk published after them was
-/// claimed more than `after` ago (RabbitMQ hands messages out in order, so theirs should have
-/// come first), or — `queue_idle`, which the caller says when the chunk queue holds no message
-/// ready — nothing is left to come. A false alarm costs a duplicate message, which the ledger
-/// loads once.
-pub async fn chunks_to_redrive(
-    client: &Client,
-    after: Duration,
-    queue_idle: bool,
-) -> Result<Vec<Redrive>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "WITH taking AS (SELECT id FROM batches WHERE state = ANY($1)),
+/// The chunks [`chunks_to_redrive`] finds ($1 the batch states taking chunks, $2 refused and
+/// damaged, $3 loading, $4 pending, $5 `after` in seconds, $6 queued, $7 `queue_idle`).
+const REDRIVE_SQL: &str = "WITH taking AS (SELECT id FROM batches WHERE state = ANY($1)),
                   overtaken AS (
                     SELECT max(o.published_at) AS before FROM chunks o
                     WHERE o.batch_id IN (SELECT id FROM taking)
@@ -383,7 +370,48 @@ pub async fn chunks_to_redrive(
                             < now() - make_interval(secs => $5)
                         AND ($7 OR coalesce(c.published_at, c.updated_at)
                                    < (SELECT before FROM overtaken))))
-             ORDER BY c.batch_id, c.seq",
+             ORDER BY c.batch_id, c.seq";
+
+/// A row of [`REDRIVE_SQL`], with why its chunk is handed out again.
+fn redrive_of(row: &tokio_postgres::Row) -> Result<Redrive, tokio_postgres::Error> {
+    let reason = match row.try_get::<_, Stored<ChunkState>>(8)?.0 {
+        ChunkState::Failed => RedriveReason::Refused,
+        ChunkState::Damaged => RedriveReason::Damaged,
+        ChunkState::Loading => RedriveReason::LeaseExpired,
+        ChunkState::Pending => RedriveReason::Unconfirmed,
+        _ => RedriveReason::Stranded,
+    };
+    Ok(Redrive {
+        chunk: record_of(row),
+        reason,
+        attempts: from_i32(row.get(3)),
+        failures: from_i32(row.get(4)),
+        damaged: from_i32(row.get(10)),
+        last_error: row.get(5),
+        holder: Holder {
+            worker: row.get(11),
+            backend_pid: row.get(12),
+            claimed_at: row.get(13),
+        },
+    })
+}
+
+/// Chunks of open batches that need publishing again: failed attempts (refused), damaged reads,
+/// expired leases (the worker vanished or froze), chunks left `pending` longer than `after`
+/// (never confirmed, e.g. the coordinator stopped between recording and publishing), and chunks
+/// `queued` that long with no claim whose message was lost: a chunk published after them was
+/// claimed more than `after` ago (RabbitMQ hands messages out in order, so theirs should have
+/// come first), or — `queue_idle`, which the caller says when the chunk queue holds no message
+/// ready — nothing is left to come. A false alarm costs a duplicate message, which the ledger
+/// loads once.
+pub async fn chunks_to_redrive(
+    client: &Client,
+    after: Duration,
+    queue_idle: bool,
+) -> Result<Vec<Redrive>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            REDRIVE_SQL,
             &[
                 &batch_states(&BatchState::TAKING_CHUNKS),
                 &chunk_states(&[ChunkState::Failed, ChunkState::Damaged]),
@@ -395,30 +423,7 @@ pub async fn chunks_to_redrive(
             ],
         )
         .await?;
-    rows.iter()
-        .map(|row| {
-            let reason = match row.try_get::<_, Stored<ChunkState>>(8)?.0 {
-                ChunkState::Failed => RedriveReason::Refused,
-                ChunkState::Damaged => RedriveReason::Damaged,
-                ChunkState::Loading => RedriveReason::LeaseExpired,
-                ChunkState::Pending => RedriveReason::Unconfirmed,
-                _ => RedriveReason::Stranded,
-            };
-            Ok(Redrive {
-                chunk: record_of(row),
-                reason,
-                attempts: from_i32(row.get(3)),
-                failures: from_i32(row.get(4)),
-                damaged: from_i32(row.get(10)),
-                last_error: row.get(5),
-                holder: Holder {
-                    worker: row.get(11),
-                    backend_pid: row.get(12),
-                    claimed_at: row.get(13),
-                },
-            })
-        })
-        .collect()
+    rows.iter().map(redrive_of).collect()
 }
 
 /// The [`ChunkRecord`] in columns 0, 1, 2, 6, 7 and 9 of a `chunks` row.
