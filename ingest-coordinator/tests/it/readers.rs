@@ -116,3 +116,33 @@ pub fn assert_only(seen: &BTreeSet<Totals>, looks: u64, before: Totals, after: T
     assert!(seen.contains(&after), "{seen:?}");
     assert!(looks >= 10, "the reader looked only {looks} times");
 }
+
+/// The backend of the session whose DETACH of a partition of `prices_by_batch` waits for a lock
+/// (a retract's, or a replacing commit's), once there is one.
+pub async fn detach_waiting(env: &TestEnv, what: &str) -> i32 {
+    poll(what, WITHIN, || async {
+        env.db
+            .query_opt(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE wait_event_type = 'Lock'
+                   AND query LIKE 'ALTER TABLE prices_by_batch DETACH PARTITION%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|row| row.get(0))
+    })
+    .await
+}
+
+/// Waits until the session of backend `pid` has ended.
+pub async fn session_ended(env: &TestEnv, pid: i32, what: &str) {
+    env.wait_until(what, WITHIN, || async {
+        env.db
+            .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .await
+            .unwrap()
+            .is_none()
+    })
+    .await;
+}

@@ -6,9 +6,11 @@
 //! and the other fails naming it; a coordinator killed in the middle of the replacing commit
 //! leaves it undone, and a fresh coordinator finishes it.
 
-use crate::readers::{assert_only, committed, own_table, totals, Reader, Totals};
+use crate::readers::{
+    assert_only, committed, detach_waiting, own_table, session_ended, totals, Reader, Totals,
+};
 use ingest_testkit::process::CoordinatorProcess;
-use ingest_testkit::{poll, Answer, Options, TestEnv};
+use ingest_testkit::{Answer, Options, TestEnv};
 use ingest_wire::{BatchId, BatchState, ErrorCode};
 use std::time::Duration;
 
@@ -376,35 +378,13 @@ async fn a_coordinator_killed_in_the_middle_of_a_replacing_commit_leaves_it_undo
     let (code, accepted) = replacing(&env, rates(16, 4_000), &old.to_string(), &[]).await;
     assert_eq!(code, 202, "{accepted:?}");
     let new = accepted.id();
-    let waiting: i32 = poll(
-        "the replacing commit to wait for the DETACH",
-        WITHIN,
-        || async {
-            env.db
-                .query_opt(
-                    "SELECT pid FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock'
-                   AND query LIKE 'ALTER TABLE prices_by_batch DETACH PARTITION%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .map(|row| row.get(0))
-        },
-    )
-    .await;
+    let waiting = detach_waiting(&env, "the replacing commit to wait for the DETACH").await;
     coordinator.kill();
     hold.commit().await.unwrap();
-    env.wait_until(
+    session_ended(
+        &env,
+        waiting,
         "the killed coordinator's commit session to end",
-        WITHIN,
-        || async {
-            env.db
-                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&waiting])
-                .await
-                .unwrap()
-                .is_none()
-        },
     )
     .await;
     // Not done at all: the old batch whole, the new one not visible.

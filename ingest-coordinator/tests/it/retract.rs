@@ -5,9 +5,11 @@
 //! change nothing; a coordinator killed in the middle of a retract leaves it not done (or done),
 //! never half done, and a fresh coordinator then retracts the batch.
 
-use crate::readers::{assert_only, committed, own_table, totals, Reader};
+use crate::readers::{
+    assert_only, committed, detach_waiting, own_table, session_ended, totals, Reader,
+};
 use ingest_testkit::process::CoordinatorProcess;
-use ingest_testkit::{poll, Answer, Options, TestEnv};
+use ingest_testkit::{Answer, Options, TestEnv};
 use ingest_wire::{BatchState, ErrorCode};
 use std::time::Duration;
 
@@ -278,19 +280,7 @@ async fn a_coordinator_killed_in_the_middle_of_a_retract_leaves_it_undone_and_it
         let http = env.http.clone();
         tokio::spawn(async move { http.post(url).send().await })
     };
-    let waiting: i32 = poll("the retract to wait for its lock", WITHIN, || async {
-        env.db
-            .query_opt(
-                "SELECT pid FROM pg_stat_activity
-                 WHERE wait_event_type = 'Lock'
-                   AND query LIKE 'ALTER TABLE prices_by_batch DETACH PARTITION%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .map(|row| row.get(0))
-    })
-    .await;
+    let waiting = detach_waiting(&env, "the retract to wait for its lock").await;
     coordinator.kill();
     let answer = request.await.unwrap();
     assert!(
@@ -298,16 +288,10 @@ async fn a_coordinator_killed_in_the_middle_of_a_retract_leaves_it_undone_and_it
         "the killed coordinator answered: {answer:?}"
     );
     hold.commit().await.unwrap();
-    env.wait_until(
+    session_ended(
+        &env,
+        waiting,
         "the killed coordinator's retract session to end",
-        WITHIN,
-        || async {
-            env.db
-                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&waiting])
-                .await
-                .unwrap()
-                .is_none()
-        },
     )
     .await;
 
