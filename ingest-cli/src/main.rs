@@ -163,55 +163,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 replaces: replaces.map(BatchId),
                 retry_for: Duration::from_secs(retry_for),
             };
-            let status = submit::submit(&api, &submission).await?;
-            if status.is_final() {
-                follow::conclude(&status)
-            } else if no_wait {
-                Ok(())
-            } else {
-                follow::follow(&api, status.id, follow.timeout()).await
-            }
+            submit_and_follow(&api, &submission, no_wait, &follow).await
         }
-        Command::Status { id } => {
-            let status = api.status_json(BatchId(id)).await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
-        }
+        Command::Status { id } => show_status(&api, BatchId(id)).await,
         Command::Wait { id, follow } => follow::follow(&api, BatchId(id), follow.timeout()).await,
         Command::List { limit } => list(&api, limit).await,
-        Command::Cancel { id } => match api.cancel(BatchId(id)).await? {
-            Cancelled::Now(status) => {
-                println!("batch {} cancelled", status.id);
-                Ok(())
-            }
-            Cancelled::AlreadyFinal(status) => {
-                anyhow::bail!("batch {} is already {}", status.id, status.state)
-            }
-        },
-        Command::Retract { id } => match api.retract(BatchId(id)).await? {
-            Retracted::Now(status) => {
-                let rows = status.rows_total.unwrap_or(status.rows_loaded);
-                println!(
-                    "batch {} retracted: {rows} rows taken out of prices",
+        Command::Cancel { id } => cancel(&api, BatchId(id)).await,
+        Command::Retract { id } => retract(&api, BatchId(id)).await,
+    }
+}
+
+/// `ingest submit`: sends the file, then follows the batch unless it is final or `--no-wait`.
+async fn submit_and_follow(
+    api: &Coordinator,
+    submission: &submit::Submission<'_>,
+    no_wait: bool,
+    follow: &FollowArgs,
+) -> anyhow::Result<()> {
+    let status = submit::submit(api, submission).await?;
+    if status.is_final() {
+        follow::conclude(&status)
+    } else if no_wait {
+        Ok(())
+    } else {
+        follow::follow(api, status.id, follow.timeout()).await
+    }
+}
+
+/// `ingest status`: the coordinator's answer as it is, pretty-printed.
+async fn show_status(api: &Coordinator, id: BatchId) -> anyhow::Result<()> {
+    let status = api.status_json(id).await?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
+}
+
+/// `ingest cancel`: a batch already final cannot be cancelled, and that is an error.
+async fn cancel(api: &Coordinator, id: BatchId) -> anyhow::Result<()> {
+    match api.cancel(id).await? {
+        Cancelled::Now(status) => {
+            println!("batch {} cancelled", status.id);
+            Ok(())
+        }
+        Cancelled::AlreadyFinal(status) => {
+            anyhow::bail!("batch {} is already {}", status.id, status.state)
+        }
+    }
+}
+
+/// `ingest retract`: only a committed batch can be; otherwise the error says what it is instead.
+async fn retract(api: &Coordinator, id: BatchId) -> anyhow::Result<()> {
+    match api.retract(id).await? {
+        Retracted::Now(status) => {
+            let rows = status.rows_total.unwrap_or(status.rows_loaded);
+            println!(
+                "batch {} retracted: {rows} rows taken out of prices",
+                status.id
+            );
+            Ok(())
+        }
+        Retracted::NotCommitted(status) if status.state == BatchState::Retracted => {
+            match status.replaced_by {
+                Some(by) => anyhow::bail!(
+                    "batch {} is already retracted: batch {by} replaced it",
                     status.id
-                );
-                Ok(())
+                ),
+                None => anyhow::bail!("batch {} is already retracted", status.id),
             }
-            Retracted::NotCommitted(status) if status.state == BatchState::Retracted => {
-                match status.replaced_by {
-                    Some(by) => anyhow::bail!(
-                        "batch {} is already retracted: batch {by} replaced it",
-                        status.id
-                    ),
-                    None => anyhow::bail!("batch {} is already retracted", status.id),
-                }
-            }
-            Retracted::NotCommitted(status) => anyhow::bail!(
-                "batch {} is {}, not committed: only a committed batch can be retracted",
-                status.id,
-                status.state
-            ),
-        },
+        }
+        Retracted::NotCommitted(status) => anyhow::bail!(
+            "batch {} is {}, not committed: only a committed batch can be retracted",
+            status.id,
+            status.state
+        ),
     }
 }
 

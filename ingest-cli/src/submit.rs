@@ -49,6 +49,16 @@ pub struct Submission<'a> {
 /// got a 5xx is sent again with the same Idempotency-Key — once the coordinator says it kept no
 /// batch for the key — with growing pauses, for up to `retry_for`.
 pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::Result<BatchStatus> {
+    let answer = upload_until_answered(api, submission).await?;
+    report(answer)
+}
+
+/// Uploads the file, again after each transient failure, until the coordinator answers or
+/// `retry_for` runs out (then the last failure is the error).
+async fn upload_until_answered(
+    api: &Coordinator,
+    submission: &Submission<'_>,
+) -> anyhow::Result<Submitted> {
     let key = submission
         .idempotency_key
         .cloned()
@@ -56,16 +66,16 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
     let ours = submission.idempotency_key.is_none();
     let deadline = Instant::now() + submission.retry_for;
     let mut pause = FIRST_PAUSE;
-    let answer = loop {
+    loop {
         let error = match upload(api, submission, &key).await {
-            Ok(answer) => break answer,
+            Ok(answer) => return Ok(answer),
             Err(error) if is_transient(&error) => error,
             Err(error) => return Err(error),
         };
         // The coordinator may have kept the upload (an answer lost on the way back) or be
         // settling it: ask by key before sending the file again.
         if let Some(answer) = settled(api, &key, ours).await {
-            break answer;
+            return Ok(answer);
         }
         if Instant::now() + pause > deadline {
             return Err(error);
@@ -77,8 +87,12 @@ pub async fn submit(api: &Coordinator, submission: &Submission<'_>) -> anyhow::R
         );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_PAUSE);
-    };
+    }
+}
 
+/// Prints what became of the upload; a refused or cancelled batch is an error, after its input
+/// errors.
+fn report(answer: Submitted) -> anyhow::Result<BatchStatus> {
     match answer {
         Submitted::Accepted(status) => {
             let rows = status

@@ -50,14 +50,8 @@ impl Header {
     /// Reads the header line (line 1, without its line ending; a UTF-8 byte-order mark allowed).
     pub fn parse(line: &[u8]) -> Result<Header, RowError> {
         let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
-        let missing = || {
-            format!(
-                "missing header: the first line must be {}",
-                COLUMNS.join(",")
-            )
-        };
         if line.iter().all(|b| b.is_ascii_whitespace()) {
-            return Err(RowError::line(1, missing()));
+            return Err(RowError::line(1, missing_header()));
         }
         if memchr::memchr(0, line).is_some() {
             return Err(RowError::line(1, "line contains a NUL byte"));
@@ -68,62 +62,88 @@ impl Header {
             value: None,
             message,
         })?;
-        fn name(field: &[u8]) -> &str {
-            std::str::from_utf8(field).unwrap_or("").trim()
-        }
-        if !fields.iter().any(|field| COLUMNS.contains(&name(field))) {
+        if !fields
+            .iter()
+            .any(|field| COLUMNS.contains(&header_name(field)))
+        {
             // Not one column named: the file has no header (it starts with data, or with junk).
             return Err(RowError {
                 line: LineNumber(1),
                 column: None,
                 value: Some(shorten(line)),
-                message: format!("{} (no column is named on it)", missing()),
+                message: format!("{} (no column is named on it)", missing_header()),
             });
         }
-        let mut positions = [usize::MAX; 4];
-        for (index, field) in fields.iter().enumerate() {
-            let name = name(field);
-            match COLUMNS.iter().position(|column| *column == name) {
-                Some(column) if positions[column] != usize::MAX => {
-                    return Err(field_error(
-                        1,
-                        &format!("column {}", index + 1),
-                        field,
-                        format!("column {name} appears twice in the header"),
-                    ));
-                }
-                Some(column) => positions[column] = index,
-                None => {
-                    return Err(field_error(
-                        1,
-                        &format!("column {}", index + 1),
-                        field,
-                        format!(
-                            "unexpected column in the header; expected exactly {}",
-                            COLUMNS.join(",")
-                        ),
-                    ));
-                }
-            }
-        }
-        let missing: Vec<&str> = COLUMNS
-            .iter()
-            .zip(positions)
-            .filter(|(_, position)| *position == usize::MAX)
-            .map(|(name, _)| *name)
-            .collect();
-        if !missing.is_empty() {
-            return Err(RowError::line(
-                1,
-                format!(
-                    "header lacks column(s) {}; expected {}",
-                    missing.join(", "),
-                    COLUMNS.join(",")
-                ),
-            ));
-        }
+        let positions = column_positions(&fields)?;
+        all_columns_named(positions)?;
         Ok(Header { positions })
     }
+}
+
+/// Why line 1 is not a header, naming the header expected.
+fn missing_header() -> String {
+    format!(
+        "missing header: the first line must be {}",
+        COLUMNS.join(",")
+    )
+}
+
+/// A header field as the column name it gives (trimmed; not UTF-8 names nothing).
+fn header_name(field: &[u8]) -> &str {
+    std::str::from_utf8(field).unwrap_or("").trim()
+}
+
+/// Where each of [`COLUMNS`] sits among the header's fields (`usize::MAX` for one not named);
+/// a column named twice, or a field naming no column, is an error on that field.
+fn column_positions(fields: &[Cow<'_, [u8]>]) -> Result<[usize; 4], RowError> {
+    let mut positions = [usize::MAX; 4];
+    for (index, field) in fields.iter().enumerate() {
+        let name = header_name(field);
+        match COLUMNS.iter().position(|column| *column == name) {
+            Some(column) if positions[column] != usize::MAX => {
+                return Err(field_error(
+                    1,
+                    &format!("column {}", index + 1),
+                    field,
+                    format!("column {name} appears twice in the header"),
+                ));
+            }
+            Some(column) => positions[column] = index,
+            None => {
+                return Err(field_error(
+                    1,
+                    &format!("column {}", index + 1),
+                    field,
+                    format!(
+                        "unexpected column in the header; expected exactly {}",
+                        COLUMNS.join(",")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(positions)
+}
+
+/// Every one of [`COLUMNS`] has a position: the error lists those the header lacks.
+fn all_columns_named(positions: [usize; 4]) -> Result<(), RowError> {
+    let missing: Vec<&str> = COLUMNS
+        .iter()
+        .zip(positions)
+        .filter(|(_, position)| *position == usize::MAX)
+        .map(|(name, _)| *name)
+        .collect();
+    if !missing.is_empty() {
+        return Err(RowError::line(
+            1,
+            format!(
+                "header lacks column(s) {}; expected {}",
+                missing.join(", "),
+                COLUMNS.join(",")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The known port codes, read from the `ports` table once per batch. Looked up twice per line,

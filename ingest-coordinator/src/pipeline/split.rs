@@ -151,21 +151,11 @@ impl<'a> Splitter<'a> {
     fn run(&mut self, source: &mut Source) -> Result<(), RowError> {
         let mut reader = BufReader::with_capacity(1 << 20, source);
         let mut line = Vec::with_capacity(256);
-        let mut line_no: u64 = 0;
-        line_no += 1;
-        if !self.read_line(&mut reader, &mut line, line_no)? {
-            return Err(RowError::line(
-                1,
-                format!(
-                    "empty file: expected the header {}",
-                    rates::COLUMNS.join(",")
-                ),
-            ));
-        }
-        let header = Header::parse(&line)?;
+        let header = self.read_header(&mut reader, &mut line)?;
         let mut blank_lines: Vec<u64> = Vec::new();
         let mut current: Option<RawChunk> = None;
         let mut data_lines: u64 = 0;
+        let mut line_no: u64 = 1;
         loop {
             line_no += 1;
             if !self.read_line(&mut reader, &mut line, line_no)? {
@@ -176,23 +166,9 @@ impl<'a> Splitter<'a> {
                 blank_lines.push(line_no);
                 continue;
             }
-            for blank in blank_lines.drain(..) {
-                self.error(RowError::line(blank, "empty line"));
-            }
+            self.report_blank_lines(&mut blank_lines);
             data_lines += 1;
-            let raw = current.get_or_insert_with(|| RawChunk {
-                seq: 0,
-                first_line: line_no,
-                text: Vec::with_capacity(self.settings.chunk_rows * 32),
-                lines: 0,
-            });
-            raw.text.extend_from_slice(&line);
-            raw.text.push(b'\n');
-            raw.lines += 1;
-            if raw.lines == self.settings.chunk_rows {
-                let full = current.take().expect("a chunk is being filled");
-                self.queue(full, header.clone());
-            }
+            self.add_line(&mut current, &line, line_no, &header);
             if self.publisher_gone {
                 return Ok(());
             }
@@ -200,17 +176,11 @@ impl<'a> Splitter<'a> {
                 self.report.errors_truncated = true;
                 // Check the lines read so far first: a chunk not checked yet may hold errors on
                 // earlier lines than those already found (blank lines are found as read).
-                if let Some(rest) = current.take() {
-                    self.queue(rest, header.clone());
-                }
-                self.flush(&header);
+                self.check_rest(current, &header);
                 return Ok(());
             }
         }
-        if let Some(rest) = current.take() {
-            self.queue(rest, header.clone());
-        }
-        self.flush(&header);
+        self.check_rest(current, &header);
         if data_lines == 0 {
             return Err(RowError::line(
                 2,
@@ -218,6 +188,65 @@ impl<'a> Splitter<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// Reads line 1 and its columns; a body without even that is refused.
+    fn read_header(
+        &mut self,
+        reader: &mut BufReader<&mut Source>,
+        line: &mut Vec<u8>,
+    ) -> Result<Header, RowError> {
+        if !self.read_line(reader, line, 1)? {
+            return Err(RowError::line(
+                1,
+                format!(
+                    "empty file: expected the header {}",
+                    rates::COLUMNS.join(",")
+                ),
+            ));
+        }
+        Header::parse(line)
+    }
+
+    /// Reports the blank lines seen so far: a data line after them means they are not the end.
+    #[inline]
+    fn report_blank_lines(&mut self, blank_lines: &mut Vec<u64>) {
+        for blank in blank_lines.drain(..) {
+            self.error(RowError::line(blank, "empty line"));
+        }
+    }
+
+    /// Appends a data line to the chunk being filled, and queues the chunk once it is full.
+    #[inline]
+    fn add_line(
+        &mut self,
+        current: &mut Option<RawChunk>,
+        line: &[u8],
+        line_no: u64,
+        header: &Header,
+    ) {
+        let chunk_rows = self.settings.chunk_rows;
+        let raw = current.get_or_insert_with(|| RawChunk {
+            seq: 0,
+            first_line: line_no,
+            text: Vec::with_capacity(chunk_rows * 32),
+            lines: 0,
+        });
+        raw.text.extend_from_slice(line);
+        raw.text.push(b'\n');
+        raw.lines += 1;
+        if raw.lines == chunk_rows {
+            let full = current.take().expect("a chunk is being filled");
+            self.queue(full, header.clone());
+        }
+    }
+
+    /// Queues the partly filled chunk, if any, and checks every chunk still waiting.
+    fn check_rest(&mut self, current: Option<RawChunk>, header: &Header) {
+        if let Some(rest) = current {
+            self.queue(rest, header.clone());
+        }
+        self.flush(header);
     }
 
     /// Reads one line into `line` without its `\n` or `\r\n`. False at the end of the body.
