@@ -63,6 +63,29 @@ async fn assert_replaced(env: &TestEnv, old: BatchId, new: BatchId) {
     assert_eq!(env.batch_totals(old).await, (0, 0));
 }
 
+/// Replaces `old` by `file` while `reader` reads: accepted naming `old`, committed, the reader
+/// saw only `totals` (before, after), `prices` holds the after, `old` replaced by the new batch.
+async fn replaced_while_read(
+    env: &TestEnv,
+    reader: Reader,
+    file: Vec<u8>,
+    old: BatchId,
+    (before, after): (Totals, Totals),
+) -> BatchId {
+    let (code, accepted) = replacing(env, file, &old.to_string(), &[]).await;
+    assert_eq!(code, 202, "{accepted:?}");
+    let new = accepted.id();
+    assert_eq!(accepted.batch().replaces, Some(old));
+    let status = env.wait_final(new, WITHIN).await;
+    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
+    reader.looked_more(5).await;
+    let (seen, looks) = reader.finish().await;
+    assert_only(&seen, looks, before, after);
+    assert_eq!(totals(env).await, after);
+    assert_replaced(env, old, new).await;
+    new
+}
+
 /// The totals with `gone` taken out and `came` put in.
 fn swapped(before: Totals, gone: Totals, came: Totals) -> Totals {
     (before.0 - gone.0 + came.0, before.1 - gone.1 + came.1)
@@ -85,18 +108,8 @@ async fn a_corrected_file_replaces_a_committed_batch_in_one_step_for_readers() {
 
     let reader = Reader::start(&env).await;
     reader.looked(5).await;
-    let (code, accepted) = replacing(&env, corrected(&wrong_file), &wrong.to_string(), &[]).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let new = accepted.id();
-    assert_eq!(accepted.batch().replaces, Some(wrong));
-    let status = env.wait_final(new, WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
-    reader.looked_more(5).await;
-    let (seen, looks) = reader.finish().await;
-    assert_only(&seen, looks, before, after);
-
-    assert_eq!(totals(&env).await, after);
-    assert_replaced(&env, wrong, new).await;
+    let new =
+        replaced_while_read(&env, reader, corrected(&wrong_file), wrong, (before, after)).await;
     assert_eq!(env.batch_totals(new).await, (gone.0, gone.1 + 12_000));
     assert_eq!(env.batch_totals(keep).await, kept);
     assert!(
@@ -152,16 +165,7 @@ async fn a_batch_merged_into_a_shared_partition_is_replaced_by_a_delete_in_the_c
 
     let reader = Reader::start(&env).await;
     reader.looked(5).await;
-    let (code, accepted) = replacing(&env, file, &wrong.to_string(), &[]).await;
-    assert_eq!(code, 202, "{accepted:?}");
-    let new = accepted.id();
-    let status = env.wait_final(new, WITHIN).await;
-    assert_eq!(status.state, BatchState::Committed, "{status:#?}");
-    reader.looked_more(5).await;
-    let (seen, looks) = reader.finish().await;
-    assert_only(&seen, looks, before, after);
-    assert_eq!(totals(&env).await, after);
-    assert_replaced(&env, wrong, new).await;
+    replaced_while_read(&env, reader, file, wrong, (before, after)).await;
     for id in ids.iter().filter(|id| **id != wrong) {
         assert!(env.batch_totals(*id).await.0 > 0, "batch {id} is whole");
     }
